@@ -1,0 +1,223 @@
+//! Buffer behaviour under tokio's paused clock: decision timing, whole traces, late spans,
+//! the `num_traces` limit, and shutdown.
+
+use super::*;
+use crate::policy::PolicyConfig;
+use crate::views;
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::mpsc::error::TryRecvError;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn policies(yaml: &str) -> PolicySet {
+    let configs: Vec<PolicyConfig> = serde_yaml::from_str(yaml).unwrap();
+    PolicySet::new(&configs, false)
+}
+
+fn always() -> PolicySet {
+    policies("[{name: all, type: always_sample}]")
+}
+
+fn settings(num_traces: usize) -> BufferSettings {
+    BufferSettings {
+        decision_wait: WAIT,
+        num_traces,
+        sampled_cache_size: 100,
+        non_sampled_cache_size: 100,
+        drop_pending_on_shutdown: false,
+    }
+}
+
+/// An encoded request with one span per `(trace byte, span byte, status code)`.
+fn request(spans: &[(u8, u8, i32)]) -> Vec<u8> {
+    let spans: Vec<Bytes> = spans
+        .iter()
+        .map(|&(t, s, code)| {
+            let mut status = Vec::new();
+            if code != 0 {
+                status.push(3 << 3);
+                crate::wire::put_varint(&mut status, code as u64);
+            }
+            views::Span {
+                trace_id: Bytes::from(vec![t; 16]),
+                span_id: Bytes::from(vec![s; 8]),
+                name: format!("span-{s}"),
+                start_time_unix_nano: 1_000,
+                end_time_unix_nano: 2_000,
+                status: status.into(),
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into()
+        })
+        .collect();
+    let scope = views::ScopeSpans { spans, ..Default::default() }.encode_to_vec();
+    let rs = views::ResourceSpans {
+        resource: Bytes::from_static(b"\x0a\x08\x0a\x01k\x12\x03\x0a\x01v"),
+        scope_spans: vec![scope.into()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    views::ExportTraceServiceRequest { resource_spans: vec![rs.into()] }.encode_to_vec()
+}
+
+async fn ingest(buffer: &TraceBuffer, spans: &[(u8, u8, i32)]) -> IngestOutcome {
+    let body = request(spans);
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    buffer.ingest(parsed, &body).await
+}
+
+/// `(trace byte, span byte)` of every span in a kept message.
+fn span_ids(kept: &Kept) -> Vec<(u8, u8)> {
+    let mut ids: Vec<(u8, u8)> = kept
+        .chunks
+        .iter()
+        .flat_map(|c| c.spans())
+        .map(|s| {
+            let span = views::Span::decode(s).unwrap();
+            (span.trace_id[0], span.span_id[0])
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn start(settings: BufferSettings, policies: PolicySet) -> (Arc<TraceBuffer>, mpsc::Receiver<Kept>, CancellationToken) {
+    let (tx, rx) = mpsc::channel(64);
+    let buffer = TraceBuffer::new(settings, policies, tx);
+    let stop = CancellationToken::new();
+    buffer.spawn_deciders(stop.clone());
+    (buffer, rx, stop)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_is_decided_exactly_decision_wait_after_its_first_span() {
+    let (buffer, mut out, _stop) = start(settings(100), always());
+    let first_span_at = Instant::now();
+    ingest(&buffer, &[(1, 1, 0)]).await;
+    // Just before the deadline nothing has been decided.
+    tokio::time::sleep(WAIT - Duration::from_millis(1)).await;
+    assert!(matches!(out.try_recv(), Err(TryRecvError::Empty)));
+    let kept = out.recv().await.unwrap();
+    assert_eq!(Instant::now() - first_span_at, WAIT, "decided at the deadline, to the millisecond");
+    assert_eq!(span_ids(&kept), vec![(1, 1)]);
+    assert_eq!(buffer.live_traces(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn spans_of_a_trace_sent_in_separate_requests_leave_together() {
+    let (buffer, mut out, _stop) = start(settings(100), always());
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0), (1, 2, 0)]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ingest(&buffer, &[(1, 3, 0), (2, 2, 0)]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ingest(&buffer, &[(1, 4, 0)]).await;
+    let mut kept = Vec::new();
+    while kept.len() < 6 {
+        kept.extend(span_ids(&out.recv().await.unwrap()));
+    }
+    kept.sort();
+    assert_eq!(kept, vec![(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)]);
+    assert_eq!(buffer.buffered_spans(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_traces_the_policies_keep_are_exported() {
+    let errors = policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
+    let (buffer, mut out, _stop) = start(settings(100), errors);
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0), (3, 1, 1)]).await;
+    ingest(&buffer, &[(2, 2, 2)]).await; // trace 2's second span is an error
+    let kept = out.recv().await.unwrap();
+    assert_eq!(span_ids(&kept), vec![(2, 1), (2, 2)]);
+    // Nothing else follows: the other traces were decided in the same round and dropped.
+    tokio::time::sleep(WAIT).await;
+    assert!(matches!(out.try_recv(), Err(TryRecvError::Empty)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_spans_follow_the_decision() {
+    let errors = policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
+    let (buffer, mut out, _stop) = start(settings(100), errors);
+    ingest(&buffer, &[(1, 1, 2), (2, 1, 0)]).await;
+    out.recv().await.unwrap();
+    // Trace 1 was kept: its late span goes out at once. Trace 2 was not: its late span is dropped,
+    // even though it is an error (the decision stands).
+    let outcome = ingest(&buffer, &[(1, 2, 0), (2, 2, 2)]).await;
+    assert_eq!(outcome.forwarded_late, 1);
+    assert_eq!(outcome.dropped_late, 1);
+    assert_eq!(span_ids(&out.try_recv().unwrap()), vec![(1, 2)]);
+    assert_eq!(buffer.live_traces(), 0, "late spans do not start new traces");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_cached_decision_a_late_span_starts_a_new_trace() {
+    let mut s = settings(100);
+    s.sampled_cache_size = 0;
+    s.non_sampled_cache_size = 0;
+    let (buffer, mut out, _stop) = start(s, always());
+    ingest(&buffer, &[(1, 1, 0)]).await;
+    out.recv().await.unwrap();
+    let outcome = ingest(&buffer, &[(1, 2, 0)]).await;
+    assert_eq!(outcome.buffered, 1);
+    assert_eq!(buffer.live_traces(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_num_traces_the_oldest_trace_is_decided_early() {
+    let (buffer, mut out, _stop) = start(settings(2), always());
+    ingest(&buffer, &[(1, 1, 0)]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    ingest(&buffer, &[(2, 1, 0)]).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let outcome = ingest(&buffer, &[(3, 1, 0), (2, 2, 0)]).await;
+    assert_eq!(outcome.decided_early, 1);
+    assert_eq!(buffer.live_traces(), 2);
+    // The oldest trace (1) went out early, well before its deadline.
+    assert_eq!(span_ids(&out.try_recv().unwrap()), vec![(1, 1)]);
+    // Its late spans follow the early decision.
+    assert_eq!(ingest(&buffer, &[(1, 2, 0)]).await.forwarded_late, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_decides_every_pending_trace() {
+    let (buffer, mut out, stop) = start(settings(100), always());
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
+    stop.cancel();
+    buffer.drain().await;
+    let mut kept = span_ids(&out.recv().await.unwrap());
+    while let Ok(more) = out.try_recv() {
+        kept.extend(span_ids(&more));
+    }
+    kept.sort();
+    assert_eq!(kept, vec![(1, 1), (2, 1)]);
+    assert_eq!(buffer.live_traces(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn drop_pending_traces_on_shutdown_drops_instead_of_deciding() {
+    let mut s = settings(100);
+    s.drop_pending_on_shutdown = true;
+    let (buffer, mut out, stop) = start(s, always());
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
+    stop.cancel();
+    buffer.drain().await;
+    assert!(matches!(out.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(buffer.live_traces(), 0);
+    assert_eq!(buffer.buffered_spans(), 0);
+}
+
+#[test]
+fn buffered_span_bytes_are_copied_not_pinned_to_the_request() {
+    let body = request(&[(1, 1, 0), (1, 2, 0)]);
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let origins: Vec<Arc<Origin>> = parsed.origins.into_iter().map(Arc::new).collect();
+    let groups = group_by_trace(&parsed.spans, &origins, &body);
+    assert_eq!(groups.len(), 1);
+    let chunk = &groups[0].1[0];
+    let body_range = body.as_ptr_range();
+    assert!(!body_range.contains(&chunk.run.as_ptr()));
+    // The chunk holds the spans byte for byte.
+    let spans: Vec<&[u8]> = chunk.spans().collect();
+    assert_eq!(spans[0], &body[parsed.spans[0].range.0..parsed.spans[0].range.1]);
+}

@@ -1,0 +1,99 @@
+//! OTLP/HTTP transport: POSTs encoded batches to `/v1/traces` (protobuf, or JSON with
+//! `encoding: json`), with optional gzip/zstd body compression.
+
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use super::retry::{http_status_is_retryable, SendError};
+use super::{ExportBatch, OtlpHttpExporterConfig};
+
+pub struct HttpTransport {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: http::Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    compression: String,
+    json: bool,
+    timeout: Duration,
+}
+
+impl HttpTransport {
+    pub fn new(config: &OtlpHttpExporterConfig) -> Result<Self, String> {
+        let url: http::Uri = config.traces_url().parse().map_err(|e| format!("{e}"))?;
+        let mut headers = Vec::new();
+        for (name, value) in &config.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header `{name}`: {e}"))?;
+            let value = HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
+            headers.push((name, value));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.timeout));
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            url,
+            headers,
+            compression: config.compression.clone(),
+            json: config.encoding == "json",
+            timeout: config.timeout,
+        })
+    }
+
+    pub async fn send(&self, batch: &ExportBatch) -> Result<(), SendError> {
+        let (payload, content_type) = if self.json {
+            let json = super::file::to_otlp_json(&batch.body).map_err(SendError::permanent)?;
+            (Bytes::from(json), "application/json")
+        } else {
+            (batch.body.clone(), "application/x-protobuf")
+        };
+        let mut request = http::Request::post(self.url.clone()).header(CONTENT_TYPE, content_type);
+        let payload = match self.compression.as_str() {
+            "gzip" => {
+                request = request.header(CONTENT_ENCODING, "gzip");
+                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(&payload).map_err(|e| SendError::permanent(e.to_string()))?;
+                Bytes::from(enc.finish().map_err(|e| SendError::permanent(e.to_string()))?)
+            }
+            "zstd" => {
+                request = request.header(CONTENT_ENCODING, "zstd");
+                Bytes::from(zstd::encode_all(&payload[..], 1).map_err(|e| SendError::permanent(e.to_string()))?)
+            }
+            _ => payload,
+        };
+        for (name, value) in &self.headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(payload))
+            .map_err(|e| SendError::permanent(e.to_string()))?;
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Err(_) => return Err(SendError::retryable(format!("no answer within {:?}", self.timeout))),
+            Ok(Err(e)) => return Err(SendError::retryable(format!("request failed: {e}"))),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        if status.is_success() {
+            if !self.json {
+                super::grpc::report_partial_success(&body);
+            }
+            return Ok(());
+        }
+        let message = format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(256)]));
+        Err(SendError {
+            retryable: http_status_is_retryable(status.as_u16()),
+            retry_after,
+            message,
+        })
+    }
+}

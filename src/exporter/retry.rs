@@ -1,0 +1,206 @@
+//! Retry policy for exports, per the OTLP specification: which failures are retryable, how long
+//! to wait (server-given `RetryInfo` / `Retry-After` first, else capped exponential backoff with
+//! jitter), and when to give up (`max_elapsed_time`). Pure functions, table-tested.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+use crate::config::{duration, ConfigError};
+
+/// `retry_on_failure`, with the Collector's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    pub enabled: bool,
+    #[serde(with = "duration::go")]
+    pub initial_interval: Duration,
+    pub randomization_factor: f64,
+    pub multiplier: f64,
+    #[serde(with = "duration::go")]
+    pub max_interval: Duration,
+    /// 0 means retry forever.
+    #[serde(with = "duration::go")]
+    pub max_elapsed_time: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            initial_interval: Duration::from_secs(5),
+            randomization_factor: 0.5,
+            multiplier: 1.5,
+            max_interval: Duration::from_secs(30),
+            max_elapsed_time: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        if !(0.0..=1.0).contains(&self.randomization_factor) {
+            errors.push(ConfigError::new(
+                format!("{path}.randomization_factor"),
+                format!("randomization_factor must be within [0, 1], got {}", self.randomization_factor),
+            ));
+        }
+        if self.multiplier < 1.0 {
+            errors.push(ConfigError::new(
+                format!("{path}.multiplier"),
+                format!("multiplier must be at least 1, got {}", self.multiplier),
+            ));
+        }
+    }
+}
+
+/// How an export attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendError {
+    pub retryable: bool,
+    /// A delay the server asked for (gRPC `RetryInfo`, HTTP `Retry-After`).
+    pub retry_after: Option<Duration>,
+    pub message: String,
+}
+
+impl SendError {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { retryable: false, retry_after: None, message: message.into() }
+    }
+
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self { retryable: true, retry_after: None, message: message.into() }
+    }
+}
+
+/// OTLP/gRPC: is this status code retryable? `ResourceExhausted` is, only with `RetryInfo`.
+pub fn grpc_code_is_retryable(code: tonic::Code, has_retry_info: bool) -> bool {
+    use tonic::Code::*;
+    match code {
+        Cancelled | DeadlineExceeded | Aborted | OutOfRange | Unavailable | DataLoss => true,
+        ResourceExhausted => has_retry_info,
+        _ => false,
+    }
+}
+
+/// OTLP/HTTP: is this response status retryable?
+pub fn http_status_is_retryable(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// Exponential backoff state for one batch.
+#[derive(Debug)]
+pub struct Backoff {
+    config: RetryConfig,
+    next: Duration,
+    elapsed: Duration,
+    seed: u64,
+}
+
+impl Backoff {
+    pub fn new(config: &RetryConfig, seed: u64) -> Self {
+        Self {
+            config: config.clone(),
+            next: config.initial_interval,
+            elapsed: Duration::ZERO,
+            seed: seed | 1,
+        }
+    }
+
+    /// The wait before the next attempt, or `None` when retrying must stop.
+    pub fn next_wait(&mut self, server_delay: Option<Duration>) -> Option<Duration> {
+        if !self.config.enabled {
+            return None;
+        }
+        let wait = match server_delay {
+            Some(d) => d,
+            None => {
+                let jitter = self.config.randomization_factor * (2.0 * self.random() - 1.0);
+                let base = self.next.as_secs_f64();
+                self.next = Duration::from_secs_f64(
+                    (base * self.config.multiplier).min(self.config.max_interval.as_secs_f64()),
+                );
+                Duration::from_secs_f64((base * (1.0 + jitter)).max(0.0))
+            }
+        };
+        let max = self.config.max_elapsed_time;
+        if !max.is_zero() && self.elapsed + wait > max {
+            return None;
+        }
+        self.elapsed += wait;
+        Some(wait)
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift64: jitter only needs to spread retries, not be unpredictable.
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        (self.seed >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_follow_the_otlp_retry_table() {
+        use tonic::Code::*;
+        for (code, info, want) in [
+            (Unavailable, false, true),
+            (DeadlineExceeded, false, true),
+            (Aborted, false, true),
+            (OutOfRange, false, true),
+            (DataLoss, false, true),
+            (Cancelled, false, true),
+            (ResourceExhausted, false, false),
+            (ResourceExhausted, true, true),
+            (InvalidArgument, false, false),
+            (Unauthenticated, false, false),
+            (PermissionDenied, false, false),
+            (Internal, false, false),
+            (Unimplemented, false, false),
+        ] {
+            assert_eq!(grpc_code_is_retryable(code, info), want, "{code:?} {info}");
+        }
+    }
+
+    #[test]
+    fn http_statuses_follow_the_otlp_retry_table() {
+        for (status, want) in [(429, true), (502, true), (503, true), (504, true), (400, false), (500, false), (401, false)] {
+            assert_eq!(http_status_is_retryable(status), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_by_the_multiplier_up_to_the_cap_without_jitter() {
+        let config = RetryConfig {
+            initial_interval: Duration::from_secs(1),
+            randomization_factor: 0.0,
+            multiplier: 2.0,
+            max_interval: Duration::from_secs(5),
+            max_elapsed_time: Duration::from_secs(20),
+            ..Default::default()
+        };
+        let mut b = Backoff::new(&config, 42);
+        let waits: Vec<u64> = std::iter::from_fn(|| b.next_wait(None)).map(|d| d.as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 5, 5]); // a sixth 5 s wait would pass 20 s
+    }
+
+    #[test]
+    fn jitter_stays_within_the_randomization_factor() {
+        let config = RetryConfig { initial_interval: Duration::from_secs(10), max_elapsed_time: Duration::ZERO, ..Default::default() };
+        for seed in 0..50 {
+            let wait = Backoff::new(&config, seed).next_wait(None).unwrap().as_secs_f64();
+            assert!((5.0..=15.0).contains(&wait), "{wait}");
+        }
+    }
+
+    #[test]
+    fn a_server_given_delay_wins_and_disabled_retry_never_waits() {
+        let mut b = Backoff::new(&RetryConfig::default(), 1);
+        assert_eq!(b.next_wait(Some(Duration::from_millis(1500))), Some(Duration::from_millis(1500)));
+        let mut off = Backoff::new(&RetryConfig { enabled: false, ..Default::default() }, 1);
+        assert_eq!(off.next_wait(None), None);
+    }
+}
