@@ -58,9 +58,11 @@ pub async fn run(
 
     let mut exporters = Vec::new();
     for name in &pipeline.exporters {
-        let exporter = Exporter::start(name, &config.exporters[name]).map_err(|message| AppError::Exporter {
-            name: name.clone(),
-            message,
+        let exporter = Exporter::start(name, &config.exporters[name]).map_err(|message| {
+            AppError::Exporter {
+                name: name.clone(),
+                message,
+            }
         })?;
         exporters.push(exporter);
     }
@@ -131,12 +133,20 @@ pub async fn run(
         let address = &config.service.telemetry.metrics.address;
         let listener = bind("metrics", address).await?;
         let router = telemetry::metrics_router(handle, ops_stop.clone());
-        ops_tasks.push(tokio::spawn(telemetry::serve(listener, router, ops_stop.clone())));
+        ops_tasks.push(tokio::spawn(telemetry::serve(
+            listener,
+            router,
+            ops_stop.clone(),
+        )));
     }
     for name in &config.service.extensions {
         let ExtensionConfig::HealthCheck(hc) = &config.extensions[name];
         let listener = bind(name, &hc.endpoint).await?;
-        ops_tasks.push(tokio::spawn(telemetry::serve(listener, health.router(&hc.path), ops_stop.clone())));
+        ops_tasks.push(tokio::spawn(telemetry::serve(
+            listener,
+            health.router(&hc.path),
+            ops_stop.clone(),
+        )));
     }
 
     health.set_ready(true);
@@ -162,7 +172,10 @@ pub async fn run(
         buffer.drain().await;
     }
     let _ = deadline_tx.send(deadline);
-    if tokio::time::timeout_at(deadline + std::time::Duration::from_secs(1), pipeline_task).await.is_err() {
+    if tokio::time::timeout_at(deadline + std::time::Duration::from_secs(1), pipeline_task)
+        .await
+        .is_err()
+    {
         tracing::error!("export pipeline did not finish within the grace period");
     }
     ops_stop.cancel();

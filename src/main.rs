@@ -34,13 +34,19 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 i += 1;
                 config = Some(args.get(i).ok_or("--config needs a file")?.clone());
             }
-            _ if arg.starts_with("--config=") => config = Some(arg["--config=".len()..].to_string()),
+            _ if arg.starts_with("--config=") => {
+                config = Some(arg["--config=".len()..].to_string())
+            }
             _ => return Err(format!("unknown argument `{arg}`")),
         }
         i += 1;
     }
     let config = PathBuf::from(config.ok_or("--config is required")?);
-    Ok(if validate { Command::Validate(config) } else { Command::Run(config) })
+    Ok(if validate {
+        Command::Validate(config)
+    } else {
+        Command::Run(config)
+    })
 }
 
 fn main() -> ExitCode {
@@ -112,7 +118,10 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// The first SIGTERM/SIGINT starts a graceful shutdown; a second one exits at once.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -134,8 +143,13 @@ mod tests {
 
     #[test]
     fn flags_parse_into_commands() {
-        assert!(matches!(parse_args(&args(&["--config", "a.yaml"])), Ok(Command::Run(p)) if p == PathBuf::from("a.yaml")));
-        assert!(matches!(parse_args(&args(&["validate", "--config=b.yaml"])), Ok(Command::Validate(_))));
+        assert!(
+            matches!(parse_args(&args(&["--config", "a.yaml"])), Ok(Command::Run(p)) if p == PathBuf::from("a.yaml"))
+        );
+        assert!(matches!(
+            parse_args(&args(&["validate", "--config=b.yaml"])),
+            Ok(Command::Validate(_))
+        ));
         assert!(parse_args(&args(&[])).is_err());
         assert!(parse_args(&args(&["--bogus"])).is_err());
     }

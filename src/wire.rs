@@ -24,7 +24,11 @@ pub enum WireError {
     #[error("malformed varint at byte {0}")]
     BadVarint(usize),
     #[error("unsupported wire type {wire_type} for field {field} at byte {at}")]
-    BadWireType { field: u32, wire_type: u8, at: usize },
+    BadWireType {
+        field: u32,
+        wire_type: u8,
+        at: usize,
+    },
     #[error("field number 0 at byte {0}")]
     FieldZero(usize),
     #[error("span has a trace_id of {0} bytes; it must be 16")]
@@ -461,10 +465,7 @@ impl ResourceGroup<'_> {
 /// Writes an `ExportTraceServiceRequest` from resource groups, computing each length prefix
 /// up front so the output is written once into a buffer of the exact size.
 pub fn encode_export_request(groups: &[ResourceGroup<'_>]) -> Bytes {
-    let total: usize = groups
-        .iter()
-        .map(|g| len_field_size(g.encoded_len()))
-        .sum();
+    let total: usize = groups.iter().map(|g| len_field_size(g.encoded_len())).sum();
     let mut out = BytesMut::with_capacity(total);
     for group in groups {
         put_len_header(&mut out, 1, group.encoded_len());
@@ -578,7 +579,10 @@ mod tests {
             &span(&T2, &S1, &S1, 2)[..],
             "span bytes are the exact encoding"
         );
-        assert_eq!(parsed.origins[0].resource.as_deref(), Some(&b"\x0a\x02ab"[..]));
+        assert_eq!(
+            parsed.origins[0].resource.as_deref(),
+            Some(&b"\x0a\x02ab"[..])
+        );
         assert_eq!(
             &parsed.origins[0].resource_schema_url[..],
             b"https://opentelemetry.io/schemas/1.21.0"
@@ -624,8 +628,10 @@ mod tests {
             WireError::BadWireType { wire_type: 7, .. }
         ));
         assert!(matches!(
-            parse_export_request(&[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
-                .unwrap_err(),
+            parse_export_request(&[
+                0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+            ])
+            .unwrap_err(),
             WireError::BadVarint(_)
         ));
     }
@@ -659,8 +665,10 @@ mod tests {
         assert_eq!(parsed.origins[0].scope.as_deref(), Some(&b""[..]));
         // The same bytes decode as real OTLP through the generated types.
         let decoded =
-            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(body)
-                .unwrap();
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                body,
+            )
+            .unwrap();
         let rs = &decoded.resource_spans[0];
         assert_eq!(rs.schema_url, "schema");
         assert_eq!(rs.scope_spans[0].spans[1].status.as_ref().unwrap().code, 2);

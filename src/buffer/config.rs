@@ -22,6 +22,16 @@ pub struct TailSamplingConfig {
     /// Stop evaluating policies at the first one that samples.
     pub sample_on_first_match: bool,
     pub policies: Vec<PolicyConfig>,
+    /// Once a trace's root span (no parent) is in, decide it this long after, if that is sooner
+    /// than `decision_wait`. 0 (default) turns it off.
+    #[serde(with = "duration::go")]
+    pub decision_wait_after_root_received: Duration,
+    /// A trace whose buffered spans exceed this many bytes is decided not sampled at once.
+    /// 0 (default) means no limit.
+    pub maximum_trace_size_bytes: u64,
+    /// At `num_traces`, refuse new spans with a retryable status (gRPC UNAVAILABLE, HTTP 503)
+    /// instead of deciding the oldest trace early.
+    pub block_on_overflow: bool,
 }
 
 impl Default for TailSamplingConfig {
@@ -34,6 +44,9 @@ impl Default for TailSamplingConfig {
             drop_pending_traces_on_shutdown: false,
             sample_on_first_match: false,
             policies: Vec::new(),
+            decision_wait_after_root_received: Duration::ZERO,
+            maximum_trace_size_bytes: 0,
+            block_on_overflow: false,
         }
     }
 }

@@ -91,6 +91,12 @@ impl Kept {
 #[derive(Debug, Clone)]
 pub struct BufferSettings {
     pub decision_wait: Duration,
+    /// `decision_wait_after_root_received`; zero when off.
+    pub wait_after_root: Duration,
+    /// `maximum_trace_size_bytes`; zero when off.
+    pub max_trace_bytes: usize,
+    /// `block_on_overflow`.
+    pub block_on_overflow: bool,
     pub num_traces: usize,
     pub sampled_cache_size: usize,
     pub non_sampled_cache_size: usize,
@@ -101,6 +107,9 @@ impl From<&TailSamplingConfig> for BufferSettings {
     fn from(c: &TailSamplingConfig) -> Self {
         Self {
             decision_wait: c.decision_wait,
+            wait_after_root: c.decision_wait_after_root_received,
+            max_trace_bytes: c.maximum_trace_size_bytes as usize,
+            block_on_overflow: c.block_on_overflow,
             num_traces: c.num_traces as usize,
             sampled_cache_size: c.sampled_cache_size(),
             non_sampled_cache_size: c.non_sampled_cache_size(),
@@ -118,22 +127,59 @@ struct TraceEntry {
 
 struct ShardState {
     traces: HashMap<TraceId, TraceEntry, IdBuildHasher>,
+    /// `(deadline, trace)` in arrival order; deadlines are `arrival + decision_wait`.
     queue: VecDeque<(Instant, TraceId)>,
+    /// `(deadline, trace)` for traces whose root span arrived, deadlines
+    /// `root arrival + decision_wait_after_root_received`: also in deadline order.
+    root_queue: VecDeque<(Instant, TraceId)>,
     cache: cache::DecisionCache,
 }
 
-impl ShardState {
-    /// Drops queue entries whose trace was already decided early, so the front is live.
-    fn front_deadline(&mut self) -> Option<Instant> {
-        while let Some(&(deadline, id)) = self.queue.front() {
-            match self.traces.get(&id) {
-                Some(entry) if entry.deadline == deadline => return Some(deadline),
-                _ => {
-                    self.queue.pop_front();
-                }
+/// Pops queue entries whose trace is gone or has since been given another deadline, so the
+/// front is live. Returns the front deadline.
+fn live_front(
+    queue: &mut VecDeque<(Instant, TraceId)>,
+    traces: &HashMap<TraceId, TraceEntry, IdBuildHasher>,
+) -> Option<Instant> {
+    while let Some(&(deadline, id)) = queue.front() {
+        match traces.get(&id) {
+            Some(entry) if entry.deadline == deadline => return Some(deadline),
+            _ => {
+                queue.pop_front();
             }
         }
-        None
+    }
+    None
+}
+
+impl ShardState {
+    /// The earliest live deadline in the shard.
+    fn front_deadline(&mut self) -> Option<Instant> {
+        let a = live_front(&mut self.queue, &self.traces);
+        let b = live_front(&mut self.root_queue, &self.traces);
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Removes and returns the trace with the earliest deadline if it is due by `now`.
+    fn pop_due(&mut self, now: Instant) -> Option<(TraceId, TraceEntry)> {
+        let a = live_front(&mut self.queue, &self.traces);
+        let b = live_front(&mut self.root_queue, &self.traces);
+        let queue = match (a, b) {
+            (Some(a), Some(b)) if b < a => &mut self.root_queue,
+            (Some(_), _) => &mut self.queue,
+            (None, Some(_)) => &mut self.root_queue,
+            (None, None) => return None,
+        };
+        let &(deadline, id) = queue.front()?;
+        if deadline > now {
+            return None;
+        }
+        queue.pop_front();
+        let entry = self.traces.remove(&id)?;
+        Some((id, entry))
     }
 }
 
@@ -153,7 +199,14 @@ pub struct IngestOutcome {
     pub dropped_late: usize,
     /// Traces decided before their deadline because `num_traces` was reached.
     pub decided_early: usize,
+    /// Traces that passed `maximum_trace_size_bytes` and were decided not sampled.
+    pub too_large: usize,
 }
+
+/// The buffer is full and `block_on_overflow` is set: the client should retry later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the trace buffer is full (num_traces reached); retry later")]
+pub struct Overflow;
 
 /// The sharded trace store and its deciders.
 pub struct TraceBuffer {
@@ -166,6 +219,8 @@ pub struct TraceBuffer {
     out: mpsc::Sender<Kept>,
     early_log: LogEvery,
     late_drop_log: LogEvery,
+    too_large_log: LogEvery,
+    overflow_log: LogEvery,
 }
 
 /// Which shard holds a trace. Trace IDs are random; the last bytes are as good as a hash.
@@ -174,13 +229,18 @@ fn shard_of(id: &TraceId) -> usize {
 }
 
 impl TraceBuffer {
-    pub fn new(settings: BufferSettings, policies: PolicySet, out: mpsc::Sender<Kept>) -> Arc<Self> {
+    pub fn new(
+        settings: BufferSettings,
+        policies: PolicySet,
+        out: mpsc::Sender<Kept>,
+    ) -> Arc<Self> {
         let per_shard = |n: usize| n.div_ceil(SHARDS);
         let shards = (0..SHARDS)
             .map(|_| Shard {
                 state: Mutex::new(ShardState {
                     traces: HashMap::default(),
                     queue: VecDeque::new(),
+                    root_queue: VecDeque::new(),
                     cache: cache::DecisionCache::new(
                         per_shard(settings.sampled_cache_size),
                         per_shard(settings.non_sampled_cache_size),
@@ -199,6 +259,8 @@ impl TraceBuffer {
             out,
             early_log: LogEvery::new(Duration::from_secs(10)),
             late_drop_log: LogEvery::new(Duration::from_secs(10)),
+            too_large_log: LogEvery::new(Duration::from_secs(10)),
+            overflow_log: LogEvery::new(Duration::from_secs(10)),
         })
     }
 
@@ -223,10 +285,27 @@ impl TraceBuffer {
     /// Adds a parsed request's spans to their traces. Kept spans that result (late spans of kept
     /// traces, traces decided early at `num_traces`) are sent to the exporter before returning,
     /// so a slow exporter pushes back on the client.
-    pub async fn ingest(&self, request: ParsedRequest, body: &[u8]) -> IngestOutcome {
+    ///
+    /// With `block_on_overflow`, a request that arrives while the buffer holds `num_traces`
+    /// traces is refused whole ([`Overflow`]) for the client to retry.
+    pub async fn ingest(
+        &self,
+        request: ParsedRequest,
+        body: &[u8],
+    ) -> Result<IngestOutcome, Overflow> {
         let mut outcome = IngestOutcome::default();
         if request.spans.is_empty() {
-            return outcome;
+            return Ok(outcome);
+        }
+        if self.settings.block_on_overflow && self.live_traces() >= self.settings.num_traces {
+            metrics::counter!("tailgate_buffer_overflow_refusals_total").increment(1);
+            if self.overflow_log.ready() {
+                tracing::warn!(
+                    num_traces = self.settings.num_traces,
+                    "buffer full with block_on_overflow: refusing requests with a retryable status"
+                );
+            }
+            return Err(Overflow);
         }
         let origins: Vec<Arc<Origin>> = request.origins.into_iter().map(Arc::new).collect();
         let mut groups = group_by_trace(&request.spans, &origins, body);
@@ -235,61 +314,82 @@ impl TraceBuffer {
         let mut new_traces = 0usize;
         let mut start = 0;
         while start < groups.len() {
-            let shard = shard_of(&groups[start].0);
+            let shard = shard_of(&groups[start].id);
             let end = start
                 + groups[start..]
                     .iter()
-                    .take_while(|g| shard_of(&g.0) == shard)
+                    .take_while(|g| shard_of(&g.id) == shard)
                     .count();
-            let mut woke = false;
+            let mut wake = false;
             {
                 let mut state = self.lock(shard);
-                for (id, chunks) in groups[start..end].iter_mut() {
-                    let chunks = std::mem::take(chunks);
+                for group in groups[start..end].iter_mut() {
+                    let chunks = std::mem::take(&mut group.chunks);
                     let spans: usize = chunks.iter().map(|c| c.spans as usize).sum();
                     let bytes: usize = chunks.iter().map(|c| c.run.len()).sum();
-                    if let Some(entry) = state.traces.get_mut(id) {
-                        entry.chunks.extend(chunks);
-                        entry.spans += spans;
-                        entry.bytes += bytes;
-                        self.buffered_spans.fetch_add(spans, Ordering::Relaxed);
-                        self.buffered_bytes.fetch_add(bytes, Ordering::Relaxed);
-                        outcome.buffered += spans;
-                        continue;
+                    let id = group.id;
+                    if !state.traces.contains_key(&id) {
+                        match state.cache.get(&id) {
+                            Some(Remembered::Sampled) => {
+                                outcome.forwarded_late += spans;
+                                kept.extend(chunks);
+                                continue;
+                            }
+                            Some(Remembered::NotSampled) => {
+                                outcome.dropped_late += spans;
+                                continue;
+                            }
+                            None => {
+                                let deadline = now + self.settings.decision_wait;
+                                wake |= state.queue.is_empty();
+                                state.queue.push_back((deadline, id));
+                                state.traces.insert(
+                                    id,
+                                    TraceEntry {
+                                        deadline,
+                                        chunks: Vec::new(),
+                                        spans: 0,
+                                        bytes: 0,
+                                    },
+                                );
+                                new_traces += 1;
+                                self.live_traces.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
                     }
-                    match state.cache.get(id) {
-                        Some(Remembered::Sampled) => {
-                            outcome.forwarded_late += spans;
-                            kept.extend(chunks);
+                    let state = &mut *state;
+                    let entry = state.traces.get_mut(&id).expect("present or just inserted");
+                    entry.chunks.extend(chunks);
+                    entry.spans += spans;
+                    entry.bytes += bytes;
+                    self.buffered_spans.fetch_add(spans, Ordering::Relaxed);
+                    self.buffered_bytes.fetch_add(bytes, Ordering::Relaxed);
+                    outcome.buffered += spans;
+                    if group.has_root && !self.settings.wait_after_root.is_zero() {
+                        let root_deadline = now + self.settings.wait_after_root;
+                        if root_deadline < entry.deadline {
+                            entry.deadline = root_deadline;
+                            wake |= state.root_queue.is_empty();
+                            state.root_queue.push_back((root_deadline, id));
                         }
-                        Some(Remembered::NotSampled) => outcome.dropped_late += spans,
-                        None => {
-                            let deadline = now + self.settings.decision_wait;
-                            woke |= state.queue.is_empty();
-                            state.queue.push_back((deadline, *id));
-                            state.traces.insert(
-                                *id,
-                                TraceEntry {
-                                    deadline,
-                                    chunks,
-                                    spans,
-                                    bytes,
-                                },
-                            );
-                            new_traces += 1;
-                            self.buffered_spans.fetch_add(spans, Ordering::Relaxed);
-                            self.buffered_bytes.fetch_add(bytes, Ordering::Relaxed);
-                            outcome.buffered += spans;
-                        }
+                    }
+                    if self.settings.max_trace_bytes > 0
+                        && entry.bytes > self.settings.max_trace_bytes
+                    {
+                        let entry = state.traces.remove(&id).expect("present");
+                        self.release(&entry);
+                        state.cache.remember(&id, Remembered::NotSampled);
+                        outcome.too_large += 1;
+                        metrics::counter!("tailgate_spans_not_sampled_total")
+                            .increment(entry.spans as u64);
                     }
                 }
             }
-            if woke {
+            if wake {
                 self.shards[shard].wake.notify_one();
             }
             start = end;
         }
-        self.live_traces.fetch_add(new_traces, Ordering::Relaxed);
         metrics::counter!("otelcol_processor_tail_sampling_new_trace_id_received")
             .increment(new_traces as u64);
         while self.live_traces() > self.settings.num_traces {
@@ -301,15 +401,35 @@ impl TraceBuffer {
                 None => break,
             }
         }
-        self.count_late(&outcome);
+        self.count_outcome(&outcome);
         self.update_gauges();
         if !kept.is_empty() {
             self.send(Kept { chunks: kept }).await;
         }
-        outcome
+        Ok(outcome)
     }
 
-    fn count_late(&self, outcome: &IngestOutcome) {
+    /// Takes a removed trace out of the live counts.
+    fn release(&self, entry: &TraceEntry) {
+        self.live_traces.fetch_sub(1, Ordering::Relaxed);
+        self.buffered_spans
+            .fetch_sub(entry.spans, Ordering::Relaxed);
+        self.buffered_bytes
+            .fetch_sub(entry.bytes, Ordering::Relaxed);
+    }
+
+    fn count_outcome(&self, outcome: &IngestOutcome) {
+        if outcome.too_large > 0 {
+            metrics::counter!("tailgate_traces_too_large_total")
+                .increment(outcome.too_large as u64);
+            if self.too_large_log.ready() {
+                tracing::warn!(
+                    traces = outcome.too_large,
+                    limit = self.settings.max_trace_bytes,
+                    "traces exceeded maximum_trace_size_bytes: decided not sampled (counted in tailgate_traces_too_large_total)"
+                );
+            }
+        }
         if outcome.forwarded_late > 0 {
             metrics::counter!("tailgate_late_spans_total", "decision" => "sampled")
                 .increment(outcome.forwarded_late as u64);
@@ -365,20 +485,16 @@ impl TraceBuffer {
                 }
             }
         }
-        let (_, shard) = oldest?;
+        let (deadline, shard) = oldest?;
         let mut state = self.lock(shard);
-        state.front_deadline()?;
-        let (_, id) = state.queue.pop_front()?;
-        let entry = state.traces.remove(&id)?;
+        let (id, entry) = state.pop_due(deadline)?;
         Some(self.decide(&mut state, id, entry).unwrap_or_default())
     }
 
     /// Runs the policies on one trace (removed from the map by the caller), remembers the
     /// decision and returns the chunks to export when kept.
     fn decide(&self, state: &mut ShardState, id: TraceId, entry: TraceEntry) -> Option<Vec<Chunk>> {
-        self.live_traces.fetch_sub(1, Ordering::Relaxed);
-        self.buffered_spans.fetch_sub(entry.spans, Ordering::Relaxed);
-        self.buffered_bytes.fetch_sub(entry.bytes, Ordering::Relaxed);
+        self.release(&entry);
         let decision = self.policies.decide(&trace_view(id, &entry.chunks));
         let sampled = decision == FinalDecision::Sampled;
         metrics::counter!(
@@ -419,19 +535,15 @@ impl TraceBuffer {
                 let mut kept = Vec::new();
                 let mut decided = 0;
                 while decided < DECIDE_BATCH {
-                    match state.front_deadline() {
-                        Some(deadline) if deadline <= now => {
-                            let (_, id) = state.queue.pop_front().expect("front exists");
-                            let entry = state.traces.remove(&id).expect("front is live");
-                            metrics::histogram!("tailgate_decision_lateness_seconds")
-                                .record((now - deadline).as_secs_f64());
-                            if let Some(chunks) = self.decide(&mut state, id, entry) {
-                                kept.extend(chunks);
-                            }
-                            decided += 1;
-                        }
-                        _ => break,
+                    let Some((id, entry)) = state.pop_due(now) else {
+                        break;
+                    };
+                    metrics::histogram!("tailgate_decision_lateness_seconds")
+                        .record((now - entry.deadline).as_secs_f64());
+                    if let Some(chunks) = self.decide(&mut state, id, entry) {
+                        kept.extend(chunks);
                     }
+                    decided += 1;
                 }
                 (kept, decided, state.front_deadline())
             };
@@ -445,9 +557,10 @@ impl TraceBuffer {
                 continue;
             }
             let wake = &self.shards[shard].wake;
+            // Woken by a new earliest deadline (a first trace, or a root span's shorter wait).
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = wake.notified(), if next.is_none() => {}
+                _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
             }
         }
@@ -462,13 +575,10 @@ impl TraceBuffer {
             let kept = {
                 let mut state = self.lock(shard);
                 let mut kept = Vec::new();
-                while state.front_deadline().is_some() {
-                    let (_, id) = state.queue.pop_front().expect("front exists");
-                    let entry = state.traces.remove(&id).expect("front is live");
+                let far_future = Instant::now() + Duration::from_secs(86_400 * 365);
+                while let Some((id, entry)) = state.pop_due(far_future) {
                     if self.settings.drop_pending_on_shutdown {
-                        self.live_traces.fetch_sub(1, Ordering::Relaxed);
-                        self.buffered_spans.fetch_sub(entry.spans, Ordering::Relaxed);
-                        self.buffered_bytes.fetch_sub(entry.bytes, Ordering::Relaxed);
+                        self.release(&entry);
                         dropped_traces += 1;
                         dropped_spans += entry.spans;
                     } else if let Some(chunks) = self.decide(&mut state, id, entry) {
@@ -496,35 +606,51 @@ impl TraceBuffer {
 
 /// Groups a request's spans by trace (ordered by shard) and, within a trace, by origin, copying
 /// each group into a chunk.
+/// One trace's spans from one request.
+struct TraceGroup {
+    id: TraceId,
+    chunks: Vec<Chunk>,
+    has_root: bool,
+}
+
 fn group_by_trace(
     spans: &[wire::SpanRef],
     origins: &[Arc<Origin>],
     body: &[u8],
-) -> Vec<(TraceId, Vec<Chunk>)> {
+) -> Vec<TraceGroup> {
     let mut order: Vec<u32> = (0..spans.len() as u32).collect();
     order.sort_unstable_by_key(|&i| {
         let s = &spans[i as usize];
         (shard_of(&s.info.trace_id), s.info.trace_id, s.origin, i)
     });
-    let mut groups: Vec<(TraceId, Vec<Chunk>)> = Vec::new();
+    let mut groups: Vec<TraceGroup> = Vec::new();
     let mut ranges = Vec::new();
     let mut i = 0;
     while i < order.len() {
         let first = &spans[order[i] as usize];
         let mut j = i;
         ranges.clear();
+        let mut has_root = false;
         while j < order.len() {
             let s = &spans[order[j] as usize];
             if s.info.trace_id != first.info.trace_id || s.origin != first.origin {
                 break;
             }
             ranges.push(s.range);
+            has_root |= s.info.is_root;
             j += 1;
         }
         let chunk = Chunk::from_spans(Arc::clone(&origins[first.origin]), body, &ranges);
         match groups.last_mut() {
-            Some((id, chunks)) if *id == first.info.trace_id => chunks.push(chunk),
-            _ => groups.push((first.info.trace_id, vec![chunk])),
+            Some(group) if group.id == first.info.trace_id => {
+                group.chunks.push(chunk);
+                group.has_root |= has_root;
+            }
+            _ => groups.push(TraceGroup {
+                id: first.info.trace_id,
+                chunks: vec![chunk],
+                has_root,
+            }),
         }
         i = j;
     }
@@ -546,7 +672,10 @@ pub fn trace_view(id: TraceId, chunks: &[Chunk]) -> TraceView<'_> {
             }
         }
     }
-    TraceView { trace_id: id, spans }
+    TraceView {
+        trace_id: id,
+        spans,
+    }
 }
 
 #[cfg(test)]

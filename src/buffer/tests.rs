@@ -22,6 +22,9 @@ fn always() -> PolicySet {
 fn settings(num_traces: usize) -> BufferSettings {
     BufferSettings {
         decision_wait: WAIT,
+        wait_after_root: Duration::ZERO,
+        max_trace_bytes: 0,
+        block_on_overflow: false,
         num_traces,
         sampled_cache_size: 100,
         non_sampled_cache_size: 100,
@@ -29,7 +32,8 @@ fn settings(num_traces: usize) -> BufferSettings {
     }
 }
 
-/// An encoded request with one span per `(trace byte, span byte, status code)`.
+/// An encoded request with one span per `(trace byte, span byte, status code)`. Span byte 1 is
+/// the trace's root; the others are its children.
 fn request(spans: &[(u8, u8, i32)]) -> Vec<u8> {
     let spans: Vec<Bytes> = spans
         .iter()
@@ -42,6 +46,11 @@ fn request(spans: &[(u8, u8, i32)]) -> Vec<u8> {
             views::Span {
                 trace_id: Bytes::from(vec![t; 16]),
                 span_id: Bytes::from(vec![s; 8]),
+                parent_span_id: if s == 1 {
+                    Bytes::new()
+                } else {
+                    Bytes::from(vec![1; 8])
+                },
                 name: format!("span-{s}"),
                 start_time_unix_nano: 1_000,
                 end_time_unix_nano: 2_000,
@@ -52,20 +61,27 @@ fn request(spans: &[(u8, u8, i32)]) -> Vec<u8> {
             .into()
         })
         .collect();
-    let scope = views::ScopeSpans { spans, ..Default::default() }.encode_to_vec();
+    let scope = views::ScopeSpans {
+        spans,
+        ..Default::default()
+    }
+    .encode_to_vec();
     let rs = views::ResourceSpans {
         resource: Bytes::from_static(b"\x0a\x08\x0a\x01k\x12\x03\x0a\x01v"),
         scope_spans: vec![scope.into()],
         ..Default::default()
     }
     .encode_to_vec();
-    views::ExportTraceServiceRequest { resource_spans: vec![rs.into()] }.encode_to_vec()
+    views::ExportTraceServiceRequest {
+        resource_spans: vec![rs.into()],
+    }
+    .encode_to_vec()
 }
 
 async fn ingest(buffer: &TraceBuffer, spans: &[(u8, u8, i32)]) -> IngestOutcome {
     let body = request(spans);
     let parsed = crate::wire::parse_export_request(&body).unwrap();
-    buffer.ingest(parsed, &body).await
+    buffer.ingest(parsed, &body).await.unwrap()
 }
 
 /// `(trace byte, span byte)` of every span in a kept message.
@@ -83,7 +99,10 @@ fn span_ids(kept: &Kept) -> Vec<(u8, u8)> {
     ids
 }
 
-fn start(settings: BufferSettings, policies: PolicySet) -> (Arc<TraceBuffer>, mpsc::Receiver<Kept>, CancellationToken) {
+fn start(
+    settings: BufferSettings,
+    policies: PolicySet,
+) -> (Arc<TraceBuffer>, mpsc::Receiver<Kept>, CancellationToken) {
     let (tx, rx) = mpsc::channel(64);
     let buffer = TraceBuffer::new(settings, policies, tx);
     let stop = CancellationToken::new();
@@ -100,7 +119,11 @@ async fn a_trace_is_decided_exactly_decision_wait_after_its_first_span() {
     tokio::time::sleep(WAIT - Duration::from_millis(1)).await;
     assert!(matches!(out.try_recv(), Err(TryRecvError::Empty)));
     let kept = out.recv().await.unwrap();
-    assert_eq!(Instant::now() - first_span_at, WAIT, "decided at the deadline, to the millisecond");
+    assert_eq!(
+        Instant::now() - first_span_at,
+        WAIT,
+        "decided at the deadline, to the millisecond"
+    );
     assert_eq!(span_ids(&kept), vec![(1, 1)]);
     assert_eq!(buffer.live_traces(), 0);
 }
@@ -124,7 +147,8 @@ async fn spans_of_a_trace_sent_in_separate_requests_leave_together() {
 
 #[tokio::test(start_paused = true)]
 async fn only_traces_the_policies_keep_are_exported() {
-    let errors = policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
+    let errors =
+        policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
     let (buffer, mut out, _stop) = start(settings(100), errors);
     ingest(&buffer, &[(1, 1, 0), (2, 1, 0), (3, 1, 1)]).await;
     ingest(&buffer, &[(2, 2, 2)]).await; // trace 2's second span is an error
@@ -137,7 +161,8 @@ async fn only_traces_the_policies_keep_are_exported() {
 
 #[tokio::test(start_paused = true)]
 async fn late_spans_follow_the_decision() {
-    let errors = policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
+    let errors =
+        policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
     let (buffer, mut out, _stop) = start(settings(100), errors);
     ingest(&buffer, &[(1, 1, 2), (2, 1, 0)]).await;
     out.recv().await.unwrap();
@@ -147,7 +172,11 @@ async fn late_spans_follow_the_decision() {
     assert_eq!(outcome.forwarded_late, 1);
     assert_eq!(outcome.dropped_late, 1);
     assert_eq!(span_ids(&out.try_recv().unwrap()), vec![(1, 2)]);
-    assert_eq!(buffer.live_traces(), 0, "late spans do not start new traces");
+    assert_eq!(
+        buffer.live_traces(),
+        0,
+        "late spans do not start new traces"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -214,10 +243,70 @@ fn buffered_span_bytes_are_copied_not_pinned_to_the_request() {
     let origins: Vec<Arc<Origin>> = parsed.origins.into_iter().map(Arc::new).collect();
     let groups = group_by_trace(&parsed.spans, &origins, &body);
     assert_eq!(groups.len(), 1);
-    let chunk = &groups[0].1[0];
+    let chunk = &groups[0].chunks[0];
     let body_range = body.as_ptr_range();
     assert!(!body_range.contains(&chunk.run.as_ptr()));
     // The chunk holds the spans byte for byte.
     let spans: Vec<&[u8]> = chunk.spans().collect();
-    assert_eq!(spans[0], &body[parsed.spans[0].range.0..parsed.spans[0].range.1]);
+    assert_eq!(
+        spans[0],
+        &body[parsed.spans[0].range.0..parsed.spans[0].range.1]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_root_span_brings_the_decision_forward_with_decision_wait_after_root_received() {
+    let mut s = settings(100);
+    s.wait_after_root = Duration::from_secs(2);
+    let (buffer, mut out, _stop) = start(s, always());
+    let t0 = Instant::now();
+    ingest(&buffer, &[(1, 2, 0), (2, 2, 0)]).await; // children first: no root yet
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ingest(&buffer, &[(1, 1, 0)]).await; // trace 1's root arrives at t0 + 1 s
+    let kept = out.recv().await.unwrap();
+    assert_eq!(
+        Instant::now() - t0,
+        Duration::from_secs(3),
+        "root arrival + 2 s"
+    );
+    assert_eq!(span_ids(&kept), vec![(1, 1), (1, 2)]);
+    // Trace 2 never got its root: it waits the full decision_wait.
+    let kept = out.recv().await.unwrap();
+    assert_eq!(Instant::now() - t0, WAIT);
+    assert_eq!(span_ids(&kept), vec![(2, 2)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trace_past_maximum_trace_size_bytes_is_decided_not_sampled_at_once() {
+    let mut s = settings(100);
+    let one_span = request(&[(1, 2, 0)]).len();
+    s.max_trace_bytes = one_span * 2; // room for about two spans
+    let (buffer, mut out, _stop) = start(s, always());
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
+    let outcome = ingest(&buffer, &[(1, 2, 0), (1, 3, 0), (1, 4, 0)]).await;
+    assert_eq!(outcome.too_large, 1);
+    assert_eq!(buffer.live_traces(), 1);
+    // Its later spans follow the not-sampled decision; trace 2 is unaffected.
+    assert_eq!(ingest(&buffer, &[(1, 5, 0)]).await.dropped_late, 1);
+    assert_eq!(span_ids(&out.recv().await.unwrap()), vec![(2, 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
+    let mut s = settings(2);
+    s.block_on_overflow = true;
+    let (buffer, mut out, _stop) = start(s, always());
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
+    let body = request(&[(3, 1, 0)]);
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    assert_eq!(buffer.ingest(parsed, &body).await, Err(Overflow));
+    assert_eq!(buffer.live_traces(), 2);
+    assert!(
+        matches!(out.try_recv(), Err(TryRecvError::Empty)),
+        "nothing decided early"
+    );
+    // Once the buffered traces are decided there is room again.
+    out.recv().await.unwrap();
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    assert!(buffer.ingest(parsed, &body).await.is_ok());
 }

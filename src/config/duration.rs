@@ -40,7 +40,11 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            "" => return Err(format!("duration `{text}` is missing a unit (ns, us, ms, s, m, h)")),
+            "" => {
+                return Err(format!(
+                    "duration `{text}` is missing a unit (ns, us, ms, s, m, h)"
+                ))
+            }
             unit => return Err(format!("duration `{text}` has an unknown unit `{unit}`")),
         };
         rest = &rest[unit_len..];

@@ -235,7 +235,9 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
                 None => (inner, None),
             };
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("`${{{inner}}}` is not an environment variable reference"));
+                return Err(format!(
+                    "`${{{inner}}}` is not an environment variable reference"
+                ));
             }
             match (lookup(name), default) {
                 (Some(v), _) => out.push_str(&v),
@@ -270,8 +272,9 @@ impl Config {
     pub fn from_yaml(text: &str) -> Result<Config, LoadError> {
         let text = expand_env(text, |name| std::env::var(name).ok())
             .map_err(|m| LoadError::Invalid(vec![ConfigError::new("", m)]))?;
-        let value: serde_yaml::Value = serde_yaml::from_str(&text)
-            .map_err(|e| LoadError::Invalid(vec![ConfigError::new("", format!("not valid YAML: {e}"))]))?;
+        let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
+            LoadError::Invalid(vec![ConfigError::new("", format!("not valid YAML: {e}"))])
+        })?;
         let raw: RawConfig = match serde_path_to_error::deserialize(value) {
             Ok(raw) => raw,
             Err(err) => {
@@ -407,7 +410,9 @@ impl Config {
             .telemetry
             .validate("service.telemetry", &mut errors);
         for (i, ext) in self.service.extensions.iter().enumerate() {
-            if !self.extensions.contains_key(ext) && !self.unparsed.contains(&format!("extensions.{ext}")) {
+            if !self.extensions.contains_key(ext)
+                && !self.unparsed.contains(&format!("extensions.{ext}"))
+            {
                 errors.push(ConfigError::new(
                     format!("service.extensions[{i}]"),
                     format!("extension `{ext}` is not defined under `extensions`"),
@@ -460,7 +465,9 @@ impl Config {
                 ));
             }
             for (i, r) in p.receivers.iter().enumerate() {
-                if !self.receivers.contains_key(r) && !self.unparsed.contains(&format!("receivers.{r}")) {
+                if !self.receivers.contains_key(r)
+                    && !self.unparsed.contains(&format!("receivers.{r}"))
+                {
                     errors.push(ConfigError::new(
                         format!("{base}.receivers[{i}]"),
                         format!("receiver `{r}` is not defined under `receivers`"),
@@ -487,7 +494,9 @@ impl Config {
                 ));
             }
             for (i, e) in p.exporters.iter().enumerate() {
-                if !self.exporters.contains_key(e) && !self.unparsed.contains(&format!("exporters.{e}")) {
+                if !self.exporters.contains_key(e)
+                    && !self.unparsed.contains(&format!("exporters.{e}"))
+                {
                     errors.push(ConfigError::new(
                         format!("{base}.exporters[{i}]"),
                         format!("exporter `{e}` is not defined under `exporters`"),
@@ -613,19 +622,36 @@ service:
     fn every_error_is_listed_not_just_the_first() {
         let yaml = GUIDE
             .replace("decision_wait: 30s", "decision_wait: 30 seconds")
-            .replace("otlphttp/tempo:\n    endpoint: http://tempo:4318", "kafka:\n    brokers: [x]")
+            .replace(
+                "otlphttp/tempo:\n    endpoint: http://tempo:4318",
+                "kafka:\n    brokers: [x]",
+            )
             .replace("endpoint: 0.0.0.0:4318", "endpoint: nowhere");
         let errors = errors_of(&yaml);
         let joined = errors.join("\n");
-        assert!(joined.contains("processors.tail_sampling.decision_wait: duration `30 seconds`"), "{joined}");
-        assert!(joined.contains("exporters.kafka: exporter type `kafka` is not supported"), "{joined}");
-        assert!(joined.contains("receivers.otlp.protocols.http.endpoint"), "{joined}");
         assert!(
-            joined.contains("service.pipelines.traces.exporters[0]: exporter `otlphttp/tempo` is not defined"),
+            joined.contains("processors.tail_sampling.decision_wait: duration `30 seconds`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("exporters.kafka: exporter type `kafka` is not supported"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("receivers.otlp.protocols.http.endpoint"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains(
+                "service.pipelines.traces.exporters[0]: exporter `otlphttp/tempo` is not defined"
+            ),
             "{joined}"
         );
         // A block that failed to parse is not also reported as undefined where it is used.
-        assert!(!joined.contains("processor `tail_sampling` is not defined"), "{joined}");
+        assert!(
+            !joined.contains("processor `tail_sampling` is not defined"),
+            "{joined}"
+        );
     }
 
     #[test]
@@ -636,8 +662,10 @@ service:
         );
         let errors = errors_of(&yaml);
         assert!(
-            errors.iter().any(|e| e.starts_with("service.pipelines.traces.processors[2]")
-                && e.contains("memory_limiter")),
+            errors
+                .iter()
+                .any(|e| e.starts_with("service.pipelines.traces.processors[2]")
+                    && e.contains("memory_limiter")),
             "{errors:?}"
         );
     }
@@ -647,8 +675,10 @@ service:
         let yaml = GUIDE.replace("type: probabilistic", "type: span_kind_magic");
         let errors = errors_of(&yaml);
         assert!(
-            errors.iter().any(|e| e.starts_with("processors.tail_sampling.policies[2].type")
-                && e.contains("span_kind_magic")),
+            errors.iter().any(
+                |e| e.starts_with("processors.tail_sampling.policies[2].type")
+                    && e.contains("span_kind_magic")
+            ),
             "{errors:?}"
         );
     }

@@ -171,7 +171,11 @@ mod tests {
         });
         let mut run = Vec::new();
         wire::put_framed_span(&mut run, span);
-        Chunk { origin, run: run.into(), spans: 1 }
+        Chunk {
+            origin,
+            run: run.into(),
+            spans: 1,
+        }
     }
 
     #[test]

@@ -30,7 +30,10 @@ pub struct FileExporterConfig {
 
 impl Default for FileExporterConfig {
     fn default() -> Self {
-        Self { path: String::new(), format: "json".into() }
+        Self {
+            path: String::new(),
+            format: "json".into(),
+        }
     }
 }
 
@@ -60,7 +63,10 @@ impl FileTransport {
             .append(true)
             .open(&config.path)
             .map_err(|e| format!("cannot open {}: {e}", config.path))?;
-        Ok(Self { file: Mutex::new(file), json: config.format == "json" })
+        Ok(Self {
+            file: Mutex::new(file),
+            json: config.format == "json",
+        })
     }
 
     pub fn send(&self, batch: &ExportBatch) -> Result<(), SendError> {
@@ -90,7 +96,11 @@ pub struct DebugExporterConfig {
 
 impl Default for DebugExporterConfig {
     fn default() -> Self {
-        Self { verbosity: "basic".into(), sampling_initial: 2, sampling_thereafter: 1 }
+        Self {
+            verbosity: "basic".into(),
+            sampling_initial: 2,
+            sampling_thereafter: 1,
+        }
     }
 }
 
@@ -99,7 +109,10 @@ impl DebugExporterConfig {
         if !matches!(self.verbosity.as_str(), "basic" | "normal" | "detailed") {
             errors.push(ConfigError::new(
                 format!("{path}.verbosity"),
-                format!("unknown verbosity `{}`; use basic, normal or detailed", self.verbosity),
+                format!(
+                    "unknown verbosity `{}`; use basic, normal or detailed",
+                    self.verbosity
+                ),
             ));
         }
     }
@@ -111,18 +124,22 @@ pub struct DebugTransport {
 
 impl DebugTransport {
     pub fn new(config: &DebugExporterConfig) -> Self {
-        Self { verbosity: config.verbosity.clone() }
+        Self {
+            verbosity: config.verbosity.clone(),
+        }
     }
 
     pub fn send(&self, batch: &ExportBatch) -> Result<(), SendError> {
         match self.verbosity.as_str() {
             "basic" => tracing::info!(spans = batch.spans, bytes = batch.body.len(), "Traces"),
             "normal" => {
-                let request = ExportTraceServiceRequest::decode(&batch.body[..]).map_err(|e| SendError::permanent(e.to_string()))?;
+                let request = ExportTraceServiceRequest::decode(&batch.body[..])
+                    .map_err(|e| SendError::permanent(e.to_string()))?;
                 for rs in &request.resource_spans {
                     for ss in &rs.scope_spans {
                         for span in &ss.spans {
-                            let trace_id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                            let trace_id: String =
+                                span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
                             tracing::info!(trace_id, name = %span.name, status = span.status.as_ref().map_or(0, |s| s.code), "span");
                         }
                     }

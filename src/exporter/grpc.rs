@@ -74,11 +74,18 @@ impl GrpcTransport {
             grpc.ready()
                 .await
                 .map_err(|e| tonic::Status::unavailable(format!("backend not reachable: {e}")))?;
-            grpc.unary(request, http::uri::PathAndQuery::from_static(EXPORT_PATH), RawBytesCodec)
-                .await
+            grpc.unary(
+                request,
+                http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                RawBytesCodec,
+            )
+            .await
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(SendError::retryable(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(SendError::retryable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
             Ok(Ok(response)) => {
                 report_partial_success(&response.into_inner());
                 Ok(())
@@ -117,7 +124,8 @@ pub fn report_partial_success(body: &[u8]) {
     if let Ok(response) = crate::views::ExportTraceServiceResponse::decode(body) {
         if let Some(partial) = response.partial_success {
             if partial.rejected_spans > 0 {
-                metrics::counter!("tailgate_exporter_rejected_spans_total").increment(partial.rejected_spans as u64);
+                metrics::counter!("tailgate_exporter_rejected_spans_total")
+                    .increment(partial.rejected_spans as u64);
                 tracing::warn!(
                     rejected_spans = partial.rejected_spans,
                     message = %partial.error_message,
@@ -142,13 +150,20 @@ mod tests {
             details: vec![prost_types::Any {
                 type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
                 value: crate::google_rpc::RetryInfo {
-                    retry_delay: Some(prost_types::Duration { seconds: 2, nanos: 500_000_000 }),
+                    retry_delay: Some(prost_types::Duration {
+                        seconds: 2,
+                        nanos: 500_000_000,
+                    }),
                 }
                 .encode_to_vec(),
             }],
         }
         .encode_to_vec();
-        let with_info = tonic::Status::with_details(tonic::Code::ResourceExhausted, "slow down", details.into());
+        let with_info = tonic::Status::with_details(
+            tonic::Code::ResourceExhausted,
+            "slow down",
+            details.into(),
+        );
         let e = classify(&with_info);
         assert!(e.retryable);
         assert_eq!(e.retry_after, Some(Duration::from_millis(2500)));
@@ -157,7 +172,10 @@ mod tests {
     #[test]
     fn endpoints_accept_host_port_and_http_urls() {
         assert_eq!(endpoint_uri("tempo:4317").unwrap(), "http://tempo:4317");
-        assert_eq!(endpoint_uri("http://127.0.0.1:4317").unwrap(), "http://127.0.0.1:4317");
+        assert_eq!(
+            endpoint_uri("http://127.0.0.1:4317").unwrap(),
+            "http://127.0.0.1:4317"
+        );
         assert!(endpoint_uri("tempo").is_err());
     }
 }

@@ -27,8 +27,10 @@ impl HttpTransport {
         let url: http::Uri = config.traces_url().parse().map_err(|e| format!("{e}"))?;
         let mut headers = Vec::new();
         for (name, value) in &config.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header `{name}`: {e}"))?;
-            let value = HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| format!("header `{name}`: {e}"))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
             headers.push((name, value));
         }
         let mut connector = HttpConnector::new();
@@ -54,13 +56,21 @@ impl HttpTransport {
         let payload = match self.compression.as_str() {
             "gzip" => {
                 request = request.header(CONTENT_ENCODING, "gzip");
-                let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                enc.write_all(&payload).map_err(|e| SendError::permanent(e.to_string()))?;
-                Bytes::from(enc.finish().map_err(|e| SendError::permanent(e.to_string()))?)
+                let mut enc =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                enc.write_all(&payload)
+                    .map_err(|e| SendError::permanent(e.to_string()))?;
+                Bytes::from(
+                    enc.finish()
+                        .map_err(|e| SendError::permanent(e.to_string()))?,
+                )
             }
             "zstd" => {
                 request = request.header(CONTENT_ENCODING, "zstd");
-                Bytes::from(zstd::encode_all(&payload[..], 1).map_err(|e| SendError::permanent(e.to_string()))?)
+                Bytes::from(
+                    zstd::encode_all(&payload[..], 1)
+                        .map_err(|e| SendError::permanent(e.to_string()))?,
+                )
             }
             _ => payload,
         };
@@ -70,8 +80,14 @@ impl HttpTransport {
         let request = request
             .body(Full::new(payload))
             .map_err(|e| SendError::permanent(e.to_string()))?;
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
-            Err(_) => return Err(SendError::retryable(format!("no answer within {:?}", self.timeout))),
+        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
+        {
+            Err(_) => {
+                return Err(SendError::retryable(format!(
+                    "no answer within {:?}",
+                    self.timeout
+                )))
+            }
             Ok(Err(e)) => return Err(SendError::retryable(format!("request failed: {e}"))),
             Ok(Ok(r)) => r,
         };
@@ -82,14 +98,22 @@ impl HttpTransport {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         if status.is_success() {
             if !self.json {
                 super::grpc::report_partial_success(&body);
             }
             return Ok(());
         }
-        let message = format!("HTTP {status}: {}", String::from_utf8_lossy(&body[..body.len().min(256)]));
+        let message = format!(
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(256)])
+        );
         Err(SendError {
             retryable: http_status_is_retryable(status.as_u16()),
             retry_after,

@@ -63,7 +63,11 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { enabled: true, num_consumers: 10, queue_size: 1000 }
+        Self {
+            enabled: true,
+            num_consumers: 10,
+            queue_size: 1000,
+        }
     }
 }
 
@@ -165,7 +169,13 @@ fn validate_common(
 
 /// Plain-text transport only, for now: a config that asks for TLS is refused rather than sent
 /// in the clear.
-fn validate_plaintext(path: &str, endpoint: &str, tls: &TlsClientConfig, grpc: bool, errors: &mut Vec<ConfigError>) {
+fn validate_plaintext(
+    path: &str,
+    endpoint: &str,
+    tls: &TlsClientConfig,
+    grpc: bool,
+    errors: &mut Vec<ConfigError>,
+) {
     let https = endpoint.starts_with("https://");
     let wants_tls = if grpc { !tls.insecure || https } else { https };
     if wants_tls {
@@ -183,15 +193,28 @@ fn validate_plaintext(path: &str, endpoint: &str, tls: &TlsClientConfig, grpc: b
 impl OtlpExporterConfig {
     pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.endpoint.is_empty() {
-            errors.push(ConfigError::new(format!("{path}.endpoint"), "endpoint is required"));
+            errors.push(ConfigError::new(
+                format!("{path}.endpoint"),
+                "endpoint is required",
+            ));
         } else if grpc::endpoint_uri(&self.endpoint).is_err() {
             errors.push(ConfigError::new(
                 format!("{path}.endpoint"),
-                format!("endpoint `{}` must be host:port or http://host:port", self.endpoint),
+                format!(
+                    "endpoint `{}` must be host:port or http://host:port",
+                    self.endpoint
+                ),
             ));
         }
         validate_plaintext(path, &self.endpoint, &self.tls, true, errors);
-        validate_common(path, &self.compression, &self.retry_on_failure, &self.sending_queue, &self.headers, errors);
+        validate_common(
+            path,
+            &self.compression,
+            &self.retry_on_failure,
+            &self.sending_queue,
+            &self.headers,
+            errors,
+        );
     }
 }
 
@@ -199,8 +222,15 @@ impl OtlpHttpExporterConfig {
     pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let url = self.traces_url();
         if self.endpoint.is_empty() && self.traces_endpoint.is_empty() {
-            errors.push(ConfigError::new(format!("{path}.endpoint"), "endpoint is required"));
-        } else if url.parse::<::http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
+            errors.push(ConfigError::new(
+                format!("{path}.endpoint"),
+                "endpoint is required",
+            ));
+        } else if url
+            .parse::<::http::Uri>()
+            .map(|u| u.host().is_none())
+            .unwrap_or(true)
+        {
             errors.push(ConfigError::new(
                 format!("{path}.endpoint"),
                 format!("`{url}` is not a valid URL (expected http://host:port)"),
@@ -209,11 +239,21 @@ impl OtlpHttpExporterConfig {
         if !matches!(self.encoding.as_str(), "proto" | "json") {
             errors.push(ConfigError::new(
                 format!("{path}.encoding"),
-                format!("unsupported encoding `{}`; use proto or json", self.encoding),
+                format!(
+                    "unsupported encoding `{}`; use proto or json",
+                    self.encoding
+                ),
             ));
         }
         validate_plaintext(path, &url, &self.tls, false, errors);
-        validate_common(path, &self.compression, &self.retry_on_failure, &self.sending_queue, &self.headers, errors);
+        validate_common(
+            path,
+            &self.compression,
+            &self.retry_on_failure,
+            &self.sending_queue,
+            &self.headers,
+            errors,
+        );
     }
 
     /// The URL traces are posted to.
@@ -272,12 +312,18 @@ impl Exporter {
             ),
             ExporterConfig::File(c) => (
                 Transport::File(file::FileTransport::new(c)?),
-                RetryConfig { enabled: false, ..Default::default() },
+                RetryConfig {
+                    enabled: false,
+                    ..Default::default()
+                },
                 QueueConfig::default(),
             ),
             ExporterConfig::Debug(c) => (
                 Transport::Debug(file::DebugTransport::new(c)),
-                RetryConfig { enabled: false, ..Default::default() },
+                RetryConfig {
+                    enabled: false,
+                    ..Default::default()
+                },
                 QueueConfig::default(),
             ),
         };
@@ -292,7 +338,8 @@ impl Exporter {
         let rx = Arc::new(Mutex::new(rx));
         let transport = Arc::new(transport);
         let pending_spans = Arc::new(AtomicUsize::new(0));
-        metrics::gauge!("otelcol_exporter_queue_capacity", "exporter" => name.to_string()).set(capacity as f64);
+        metrics::gauge!("otelcol_exporter_queue_capacity", "exporter" => name.to_string())
+            .set(capacity as f64);
         let workers = (0..consumers)
             .map(|worker| {
                 let rx = Arc::clone(&rx);
@@ -368,8 +415,18 @@ async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
 }
 
 /// Sends one batch, retrying per the policy; counts the outcome.
-async fn deliver(name: &str, transport: &Transport, retry: &RetryConfig, batch: &ExportBatch, seed: u64) {
-    let mut backoff = retry::Backoff::new(retry, seed.wrapping_mul(0x9e37_79b9).wrapping_add(batch.body.len() as u64));
+async fn deliver(
+    name: &str,
+    transport: &Transport,
+    retry: &RetryConfig,
+    batch: &ExportBatch,
+    seed: u64,
+) {
+    let mut backoff = retry::Backoff::new(
+        retry,
+        seed.wrapping_mul(0x9e37_79b9)
+            .wrapping_add(batch.body.len() as u64),
+    );
     loop {
         match transport.send(batch).await {
             Ok(()) => {
@@ -378,7 +435,11 @@ async fn deliver(name: &str, transport: &Transport, retry: &RetryConfig, batch: 
                 return;
             }
             Err(err) => {
-                let wait = if err.retryable { backoff.next_wait(err.retry_after) } else { None };
+                let wait = if err.retryable {
+                    backoff.next_wait(err.retry_after)
+                } else {
+                    None
+                };
                 match wait {
                     Some(wait) => {
                         tracing::warn!(exporter = name, error = %err.message, retry_in = ?wait, "export failed; will retry");

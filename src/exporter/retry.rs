@@ -41,7 +41,10 @@ impl RetryConfig {
         if !(0.0..=1.0).contains(&self.randomization_factor) {
             errors.push(ConfigError::new(
                 format!("{path}.randomization_factor"),
-                format!("randomization_factor must be within [0, 1], got {}", self.randomization_factor),
+                format!(
+                    "randomization_factor must be within [0, 1], got {}",
+                    self.randomization_factor
+                ),
             ));
         }
         if self.multiplier < 1.0 {
@@ -64,11 +67,19 @@ pub struct SendError {
 
 impl SendError {
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self { retryable: false, retry_after: None, message: message.into() }
+        Self {
+            retryable: false,
+            retry_after: None,
+            message: message.into(),
+        }
     }
 
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self { retryable: true, retry_after: None, message: message.into() }
+        Self {
+            retryable: true,
+            retry_after: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -167,7 +178,15 @@ mod tests {
 
     #[test]
     fn http_statuses_follow_the_otlp_retry_table() {
-        for (status, want) in [(429, true), (502, true), (503, true), (504, true), (400, false), (500, false), (401, false)] {
+        for (status, want) in [
+            (429, true),
+            (502, true),
+            (503, true),
+            (504, true),
+            (400, false),
+            (500, false),
+            (401, false),
+        ] {
             assert_eq!(http_status_is_retryable(status), want, "{status}");
         }
     }
@@ -183,15 +202,24 @@ mod tests {
             ..Default::default()
         };
         let mut b = Backoff::new(&config, 42);
-        let waits: Vec<u64> = std::iter::from_fn(|| b.next_wait(None)).map(|d| d.as_secs()).collect();
+        let waits: Vec<u64> = std::iter::from_fn(|| b.next_wait(None))
+            .map(|d| d.as_secs())
+            .collect();
         assert_eq!(waits, vec![1, 2, 4, 5, 5]); // a sixth 5 s wait would pass 20 s
     }
 
     #[test]
     fn jitter_stays_within_the_randomization_factor() {
-        let config = RetryConfig { initial_interval: Duration::from_secs(10), max_elapsed_time: Duration::ZERO, ..Default::default() };
+        let config = RetryConfig {
+            initial_interval: Duration::from_secs(10),
+            max_elapsed_time: Duration::ZERO,
+            ..Default::default()
+        };
         for seed in 0..50 {
-            let wait = Backoff::new(&config, seed).next_wait(None).unwrap().as_secs_f64();
+            let wait = Backoff::new(&config, seed)
+                .next_wait(None)
+                .unwrap()
+                .as_secs_f64();
             assert!((5.0..=15.0).contains(&wait), "{wait}");
         }
     }
@@ -199,8 +227,17 @@ mod tests {
     #[test]
     fn a_server_given_delay_wins_and_disabled_retry_never_waits() {
         let mut b = Backoff::new(&RetryConfig::default(), 1);
-        assert_eq!(b.next_wait(Some(Duration::from_millis(1500))), Some(Duration::from_millis(1500)));
-        let mut off = Backoff::new(&RetryConfig { enabled: false, ..Default::default() }, 1);
+        assert_eq!(
+            b.next_wait(Some(Duration::from_millis(1500))),
+            Some(Duration::from_millis(1500))
+        );
+        let mut off = Backoff::new(
+            &RetryConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            1,
+        );
         assert_eq!(off.next_wait(None), None);
     }
 }

@@ -80,7 +80,12 @@ mod tests {
     const MS: u64 = 1_000_000;
 
     fn decide(threshold: i64, upper: i64, spans: &[(u64, u64)]) -> Decision {
-        let t = trace(spans.iter().map(|&(s, e)| span(s * MS, e * MS, UNSET)).collect());
+        let t = trace(
+            spans
+                .iter()
+                .map(|&(s, e)| span(s * MS, e * MS, UNSET))
+                .collect(),
+        );
         LatencyConfig {
             threshold_ms: threshold,
             upper_threshold_ms: upper,
@@ -92,8 +97,14 @@ mod tests {
     #[test]
     fn duration_runs_from_the_earliest_start_to_the_latest_end() {
         // Neither span alone is 2 s long, together they span 2.5 s.
-        assert_eq!(decide(2000, 0, &[(1000, 2000), (2500, 3500)]), Decision::Sampled);
-        assert_eq!(decide(2000, 0, &[(1000, 2000), (1500, 2999)]), Decision::NotSampled);
+        assert_eq!(
+            decide(2000, 0, &[(1000, 2000), (2500, 3500)]),
+            Decision::Sampled
+        );
+        assert_eq!(
+            decide(2000, 0, &[(1000, 2000), (1500, 2999)]),
+            Decision::NotSampled
+        );
     }
 
     #[test]
@@ -115,20 +126,31 @@ mod tests {
         // After the first span the duration is 150 ms (inside), after the second 500 ms (above).
         assert_eq!(decide(100, 200, &[(1, 151), (1, 501)]), Decision::Sampled);
         // In the other order the running duration jumps straight to 500 ms.
-        assert_eq!(decide(100, 200, &[(1, 501), (1, 151)]), Decision::NotSampled);
+        assert_eq!(
+            decide(100, 200, &[(1, 501), (1, 151)]),
+            Decision::NotSampled
+        );
     }
 
     #[test]
     fn sub_millisecond_remainders_are_truncated() {
         let t = trace(vec![span(MS, MS + 100 * MS - 1, UNSET)]);
-        let p = LatencyConfig { threshold_ms: 100, upper_threshold_ms: 0 }.build();
+        let p = LatencyConfig {
+            threshold_ms: 100,
+            upper_threshold_ms: 0,
+        }
+        .build();
         assert_eq!(p.evaluate(&t), Decision::NotSampled);
     }
 
     #[test]
     fn an_upper_bound_below_the_threshold_is_rejected() {
         let mut errors = vec![];
-        LatencyConfig { threshold_ms: 500, upper_threshold_ms: 100 }.validate("l", &mut errors);
+        LatencyConfig {
+            threshold_ms: 500,
+            upper_threshold_ms: 100,
+        }
+        .validate("l", &mut errors);
         assert_eq!(errors[0].path, "l.upper_threshold_ms");
     }
 }

@@ -321,8 +321,14 @@ mod tests {
         use Decision::*;
         let trace = testing::trace(vec![]);
         // Without first-match a later drop wins; with it, evaluation stops before the drop.
-        assert_eq!(set(&[Sampled, Dropped], false).decide(&trace), FinalDecision::NotSampled);
-        assert_eq!(set(&[Sampled, Dropped], true).decide(&trace), FinalDecision::Sampled);
+        assert_eq!(
+            set(&[Sampled, Dropped], false).decide(&trace),
+            FinalDecision::NotSampled
+        );
+        assert_eq!(
+            set(&[Sampled, Dropped], true).decide(&trace),
+            FinalDecision::Sampled
+        );
     }
 
     #[test]
@@ -337,7 +343,8 @@ mod tests {
         let text: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
         assert!(text.iter().any(|e| e.starts_with("p[0].name")), "{text:?}");
         assert!(
-            text.iter().any(|e| e.starts_with("p[0].type") && e.contains("numeric_attribute")),
+            text.iter()
+                .any(|e| e.starts_with("p[0].type") && e.contains("numeric_attribute")),
             "{text:?}"
         );
     }

@@ -46,7 +46,11 @@ pub struct ProbabilisticPolicy {
 
 impl ProbabilisticPolicy {
     pub fn new(salt: &str, percentage: f64) -> Self {
-        let salt = if salt.is_empty() { DEFAULT_HASH_SALT } else { salt };
+        let salt = if salt.is_empty() {
+            DEFAULT_HASH_SALT
+        } else {
+            salt
+        };
         Self {
             salt: salt.as_bytes().to_vec(),
             threshold: threshold_for_ratio(percentage / 100.0),
@@ -171,7 +175,9 @@ mod tests {
     fn the_salt_changes_which_traces_are_kept_but_is_deterministic() {
         let a = ProbabilisticPolicy::new("one", 50.0);
         let b = ProbabilisticPolicy::new("two", 50.0);
-        let ids: Vec<[u8; 16]> = (0u8..64).map(|i| [i.wrapping_mul(37).wrapping_add(1); 16]).collect();
+        let ids: Vec<[u8; 16]> = (0u8..64)
+            .map(|i| [i.wrapping_mul(37).wrapping_add(1); 16])
+            .collect();
         let ka: Vec<bool> = ids.iter().map(|id| a.keeps(id)).collect();
         let kb: Vec<bool> = ids.iter().map(|id| b.keeps(id)).collect();
         assert_ne!(ka, kb);

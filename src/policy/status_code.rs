@@ -41,7 +41,11 @@ impl StatusCodeConfig {
 
     pub fn build(&self) -> StatusCodePolicy {
         StatusCodePolicy {
-            codes: self.status_codes.iter().filter_map(|n| code_of(n)).collect(),
+            codes: self
+                .status_codes
+                .iter()
+                .filter_map(|n| code_of(n))
+                .collect(),
         }
     }
 }

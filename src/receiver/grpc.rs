@@ -87,7 +87,9 @@ impl UnaryService<Bytes> for ExportHandler {
                 // An empty ExportTraceServiceResponse encodes to zero bytes.
                 Ok(_) => Ok(Response::new(Bytes::new())),
                 Err(e @ RefuseError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
-                Err(e @ RefuseError::ShuttingDown) => Err(Status::unavailable(e.to_string())),
+                Err(e @ (RefuseError::ShuttingDown | RefuseError::Full)) => {
+                    Err(Status::unavailable(e.to_string()))
+                }
             }
         })
     }
@@ -106,7 +108,10 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TraceServiceSe
         let this = self.clone();
         Box::pin(async move {
             if request.uri().path() != EXPORT_PATH {
-                return Ok(Status::unimplemented(format!("no method {}", request.uri().path())).into_http());
+                return Ok(
+                    Status::unimplemented(format!("no method {}", request.uri().path()))
+                        .into_http(),
+                );
             }
             let mut grpc = tonic::server::Grpc::new(RawBytesCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
@@ -119,9 +124,14 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TraceServiceSe
 }
 
 /// Maps tonic's statuses for oversized and undecompressable messages to the ones OTLP expects.
-fn rewrite_status(mut response: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+fn rewrite_status(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
     let headers = response.headers_mut();
-    let code = headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
@@ -134,7 +144,11 @@ fn rewrite_status(mut response: http::Response<tonic::body::Body>) -> http::Resp
     };
     if let Some(new_code) = new_code {
         let transport = "grpc";
-        let reason = if new_code == "8" { "too_large" } else { "bad_compression" };
+        let reason = if new_code == "8" {
+            "too_large"
+        } else {
+            "bad_compression"
+        };
         metrics::counter!("tailgate_receiver_rejected_requests_total", "transport" => transport, "reason" => reason).increment(1);
         headers.insert("grpc-status", http::HeaderValue::from_static(new_code));
     }
@@ -148,7 +162,10 @@ pub async fn serve_grpc(
     max_message_bytes: usize,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let service = TraceServiceServer { intake, max_message_bytes };
+    let service = TraceServiceServer {
+        intake,
+        max_message_bytes,
+    };
     let incoming = tokio_stream_listener(listener);
     tonic::transport::Server::builder()
         .add_service(service)

@@ -100,7 +100,9 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             return reject(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 encoding,
-                &format!("unsupported content encoding `{content_encoding}`; use gzip, zstd or none"),
+                &format!(
+                    "unsupported content encoding `{content_encoding}`; use gzip, zstd or none"
+                ),
                 "unsupported_encoding",
             )
         }
@@ -117,7 +119,12 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         match json_to_protobuf(&body) {
             Ok(b) => b,
             Err(e) => {
-                return reject(StatusCode::BAD_REQUEST, encoding, &format!("malformed OTLP JSON: {e}"), "malformed")
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    encoding,
+                    &format!("malformed OTLP JSON: {e}"),
+                    "malformed",
+                )
             }
         }
     } else {
@@ -132,8 +139,18 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             };
             ([(header::CONTENT_TYPE, content_type)], payload).into_response()
         }
-        Err(e @ RefuseError::Malformed(_)) => status_response(StatusCode::BAD_REQUEST, encoding, &e.to_string()),
-        Err(e @ RefuseError::ShuttingDown) => status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, &e.to_string()),
+        Err(e @ RefuseError::Malformed(_)) => {
+            status_response(StatusCode::BAD_REQUEST, encoding, &e.to_string())
+        }
+        Err(e @ (RefuseError::ShuttingDown | RefuseError::Full)) => {
+            let mut response =
+                status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, &e.to_string());
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            response
+        }
     }
 }
 
@@ -148,7 +165,9 @@ fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, Decompr
         "" | "identity" | "none" => return Ok(raw),
         "gzip" => Box::new(flate2::read::GzDecoder::new(&raw[..])),
         "deflate" => Box::new(flate2::read::ZlibDecoder::new(&raw[..])),
-        "zstd" => Box::new(zstd::stream::read::Decoder::new(&raw[..]).map_err(Decompress::Corrupt)?),
+        "zstd" => {
+            Box::new(zstd::stream::read::Decoder::new(&raw[..]).map_err(Decompress::Corrupt)?)
+        }
         _ => return Err(Decompress::Unsupported),
     };
     // Read one byte past the limit to tell "exactly the limit" from "more".
@@ -167,7 +186,8 @@ fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, Decompr
 /// protobuf bytes.
 pub fn json_to_protobuf(json: &[u8]) -> Result<Bytes, String> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    let request: ExportTraceServiceRequest = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let request: ExportTraceServiceRequest =
+        serde_json::from_slice(json).map_err(|e| e.to_string())?;
     Ok(Bytes::from(request.encode_to_vec()))
 }
 
@@ -186,8 +206,18 @@ fn status_response(status: StatusCode, encoding: Encoding, message: &str) -> Res
     };
     match encoding {
         Encoding::Protobuf => {
-            let body = crate::google_rpc::Status { code, message: message.to_string(), details: vec![] }.encode_to_vec();
-            (status, [(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
+            let body = crate::google_rpc::Status {
+                code,
+                message: message.to_string(),
+                details: vec![],
+            }
+            .encode_to_vec();
+            (
+                status,
+                [(header::CONTENT_TYPE, "application/x-protobuf")],
+                body,
+            )
+                .into_response()
         }
         Encoding::Json => {
             let body = serde_json::json!({ "code": code, "message": message }).to_string();
@@ -221,9 +251,21 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&[7u8; 1000]).unwrap();
         let gz = Bytes::from(gz.finish().unwrap());
-        assert_eq!(decompress("gzip", gz.clone(), 1000).ok().unwrap().len(), 1000);
-        assert!(matches!(decompress("gzip", gz, 999), Err(Decompress::TooLarge)));
-        assert!(matches!(decompress("gzip", Bytes::from_static(b"not gzip"), 10), Err(Decompress::Corrupt(_))));
-        assert!(matches!(decompress("br", Bytes::new(), 10), Err(Decompress::Unsupported)));
+        assert_eq!(
+            decompress("gzip", gz.clone(), 1000).ok().unwrap().len(),
+            1000
+        );
+        assert!(matches!(
+            decompress("gzip", gz, 999),
+            Err(Decompress::TooLarge)
+        ));
+        assert!(matches!(
+            decompress("gzip", Bytes::from_static(b"not gzip"), 10),
+            Err(Decompress::Corrupt(_))
+        ));
+        assert!(matches!(
+            decompress("br", Bytes::new(), 10),
+            Err(Decompress::Unsupported)
+        ));
     }
 }

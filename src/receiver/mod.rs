@@ -85,7 +85,9 @@ impl Default for HttpServerConfig {
 
 impl HttpServerConfig {
     pub fn body_limit(&self) -> usize {
-        let mib = self.max_recv_msg_size_mib.map_or(u64::MAX, |m| m * 1024 * 1024);
+        let mib = self
+            .max_recv_msg_size_mib
+            .map_or(u64::MAX, |m| m * 1024 * 1024);
         self.max_request_body_size.min(mib) as usize
     }
 }
@@ -100,7 +102,11 @@ impl OtlpReceiverConfig {
             ));
         }
         if let Some(g) = &p.grpc {
-            check_endpoint(&g.endpoint, &format!("{path}.protocols.grpc.endpoint"), errors);
+            check_endpoint(
+                &g.endpoint,
+                &format!("{path}.protocols.grpc.endpoint"),
+                errors,
+            );
             if g.max_recv_msg_size_mib == 0 {
                 errors.push(ConfigError::new(
                     format!("{path}.protocols.grpc.max_recv_msg_size_mib"),
@@ -115,7 +121,11 @@ impl OtlpReceiverConfig {
             }
         }
         if let Some(h) = &p.http {
-            check_endpoint(&h.endpoint, &format!("{path}.protocols.http.endpoint"), errors);
+            check_endpoint(
+                &h.endpoint,
+                &format!("{path}.protocols.http.endpoint"),
+                errors,
+            );
             if !h.traces_url_path.starts_with('/') {
                 errors.push(ConfigError::new(
                     format!("{path}.protocols.http.traces_url_path"),
@@ -140,6 +150,8 @@ pub enum RefuseError {
     Malformed(#[from] WireError),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("the trace buffer is full (num_traces reached with block_on_overflow); retry later")]
+    Full,
 }
 
 impl Intake {
@@ -156,10 +168,15 @@ impl Intake {
         let spans = parsed.spans.len();
         match self {
             Intake::Sample(buffer) => {
-                buffer.ingest(parsed, body).await;
+                if buffer.ingest(parsed, body).await.is_err() {
+                    metrics::counter!("otelcol_receiver_refused_spans", "receiver" => "otlp", "transport" => transport)
+                        .increment(spans as u64);
+                    return Err(RefuseError::Full);
+                }
             }
             Intake::PassThrough(out) => {
-                let origins: Vec<Arc<wire::Origin>> = parsed.origins.into_iter().map(Arc::new).collect();
+                let origins: Vec<Arc<wire::Origin>> =
+                    parsed.origins.into_iter().map(Arc::new).collect();
                 let mut chunks: Vec<Chunk> = Vec::new();
                 let mut i = 0;
                 while i < parsed.spans.len() {
@@ -170,7 +187,11 @@ impl Intake {
                         .map(|s| s.range)
                         .collect();
                     i += ranges.len();
-                    chunks.push(Chunk::from_spans(Arc::clone(&origins[origin]), body, &ranges));
+                    chunks.push(Chunk::from_spans(
+                        Arc::clone(&origins[origin]),
+                        body,
+                        &ranges,
+                    ));
                 }
                 if !chunks.is_empty() && out.send(Kept { chunks }).await.is_err() {
                     return Err(RefuseError::ShuttingDown);

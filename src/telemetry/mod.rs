@@ -68,19 +68,31 @@ impl Default for MetricsConfig {
 
 impl TelemetryConfig {
     pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        if !matches!(self.logs.level.as_str(), "debug" | "info" | "warn" | "error") {
+        if !matches!(
+            self.logs.level.as_str(),
+            "debug" | "info" | "warn" | "error"
+        ) {
             errors.push(ConfigError::new(
                 format!("{path}.logs.level"),
-                format!("unknown log level `{}`; use debug, info, warn or error", self.logs.level),
+                format!(
+                    "unknown log level `{}`; use debug, info, warn or error",
+                    self.logs.level
+                ),
             ));
         }
         if !matches!(self.logs.encoding.as_str(), "console" | "json") {
             errors.push(ConfigError::new(
                 format!("{path}.logs.encoding"),
-                format!("unknown log encoding `{}`; use console or json", self.logs.encoding),
+                format!(
+                    "unknown log encoding `{}`; use console or json",
+                    self.logs.encoding
+                ),
             ));
         }
-        if !matches!(self.metrics.level.as_str(), "none" | "basic" | "normal" | "detailed") {
+        if !matches!(
+            self.metrics.level.as_str(),
+            "none" | "basic" | "normal" | "detailed"
+        ) {
             errors.push(ConfigError::new(
                 format!("{path}.metrics.level"),
                 format!(
@@ -90,7 +102,11 @@ impl TelemetryConfig {
             ));
         }
         if self.metrics.level != "none" {
-            check_endpoint(&self.metrics.address, &format!("{path}.metrics.address"), errors);
+            check_endpoint(
+                &self.metrics.address,
+                &format!("{path}.metrics.address"),
+                errors,
+            );
         }
     }
 }
@@ -141,7 +157,9 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),
-            &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
         )
         .map_err(|e| e.to_string())?
         .install_recorder()
@@ -177,7 +195,10 @@ pub fn metrics_router(handle: PrometheusHandle, shutdown: CancellationToken) -> 
             let handle = handle.clone();
             async move {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
                     handle.render(),
                 )
             }
@@ -238,7 +259,10 @@ impl Health {
                     if ready {
                         (StatusCode::OK, r#"{"status":"Server available"}"#)
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"Server not available"}"#)
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            r#"{"status":"Server not available"}"#,
+                        )
                     }
                 }
             }),
