@@ -130,8 +130,8 @@ pub async fn run(
     let health = Health::default();
     let mut ops_tasks = Vec::new();
     if let Some(handle) = metrics {
-        let address = &config.service.telemetry.metrics.address;
-        let listener = bind("metrics", address).await?;
+        let address = config.service.telemetry.metrics.listen_address();
+        let listener = bind("metrics", &address).await?;
         let router = telemetry::metrics_router(handle, ops_stop.clone());
         ops_tasks.push(tokio::spawn(telemetry::serve(
             listener,

@@ -316,7 +316,7 @@ impl Config {
         for (id, value) in raw.processors {
             let path = format!("processors.{id}");
             let parsed = match ComponentId::parse(&id).kind.as_str() {
-                "tail_sampling" => parse_block(&path, value).map(ProcessorConfig::TailSampling),
+                "tail_sampling" => parse_tail_sampling(&path, value, &mut errors).map(ProcessorConfig::TailSampling),
                 "batch" => parse_block(&path, value).map(ProcessorConfig::Batch),
                 other => Err(unsupported("processor", other, &path)),
             };
@@ -362,12 +362,26 @@ impl Config {
                 "connectors are not supported by tailgate",
             ));
         }
-        match parse_block::<Option<ServiceConfig>>("service", raw.service) {
-            Ok(Some(service)) => config.service = service,
-            Ok(None) => errors.push(ConfigError::new("service", "the service block is empty")),
-            Err(e) => errors.push(e),
+        let service_ok = match parse_block::<Option<ServiceConfig>>("service", raw.service) {
+            Ok(Some(service)) => {
+                config.service = service;
+                true
+            }
+            Ok(None) => {
+                errors.push(ConfigError::new("service", "the service block is empty"));
+                false
+            }
+            Err(e) => {
+                errors.push(e);
+                false
+            }
+        };
+        let mut found = config.validate();
+        if !service_ok {
+            // The pipelines were not read; do not report them missing on top of the real error.
+            found.retain(|e| !e.path.starts_with("service"));
         }
-        errors.extend(config.validate());
+        errors.extend(found);
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -515,6 +529,37 @@ impl Config {
             .map(|(_, p)| p)
             .expect("validated config has a traces pipeline")
     }
+}
+
+/// Parses `tail_sampling` with each policy on its own, so a mistake in one policy does not hide
+/// mistakes in the others. Policy errors go to `errors`; the block is returned if its own keys
+/// parsed.
+fn parse_tail_sampling(
+    path: &str,
+    mut value: serde_yaml::Value,
+    errors: &mut Vec<ConfigError>,
+) -> Result<TailSamplingConfig, ConfigError> {
+    let policies = match value.as_mapping_mut() {
+        Some(map) => map.remove("policies"),
+        None => None,
+    };
+    let mut config: TailSamplingConfig = parse_block(path, value)?;
+    match policies {
+        None | Some(serde_yaml::Value::Null) => {}
+        Some(serde_yaml::Value::Sequence(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                match parse_block(&format!("{path}.policies[{i}]"), item) {
+                    Ok(policy) => config.policies.push(policy),
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        Some(_) => errors.push(ConfigError::new(
+            format!("{path}.policies"),
+            "policies must be a list",
+        )),
+    }
+    Ok(config)
 }
 
 fn unsupported(what: &str, kind: &str, path: &str) -> ConfigError {
@@ -681,6 +726,24 @@ service:
             ),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn the_collectors_current_metrics_reader_form_is_accepted() {
+        let yaml = GUIDE.replace(
+            "service:\n",
+            "service:\n  telemetry:\n    metrics:\n      level: detailed\n      readers:\n        - pull:\n            exporter:\n              prometheus:\n                host: 127.0.0.1\n                port: 9999\n",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        assert_eq!(config.service.telemetry.metrics.listen_address(), "127.0.0.1:9999");
+    }
+
+    #[test]
+    fn a_bad_service_block_is_reported_once() {
+        let yaml = GUIDE.replace("service:\n", "service:\n  telemetri: {}\n");
+        let errors = errors_of(&yaml);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("telemetri"), "{errors:?}");
     }
 
     #[test]

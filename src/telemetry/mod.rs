@@ -47,7 +47,8 @@ impl Default for LogsConfig {
     }
 }
 
-/// `service.telemetry.metrics`.
+/// `service.telemetry.metrics`: either the older `address` form or the current `readers` form
+/// with one Prometheus pull reader.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -55,6 +56,7 @@ pub struct MetricsConfig {
     pub address: String,
     /// `none` turns metrics off; `basic`, `normal` and `detailed` all serve every metric.
     pub level: String,
+    pub readers: Vec<MetricReaderConfig>,
 }
 
 impl Default for MetricsConfig {
@@ -62,6 +64,65 @@ impl Default for MetricsConfig {
         Self {
             address: "localhost:8888".into(),
             level: "normal".into(),
+            readers: Vec::new(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The `host:port` `/metrics` is served on: the pull reader's, else `address`.
+    pub fn listen_address(&self) -> String {
+        self.readers
+            .iter()
+            .find_map(|r| r.pull.as_ref())
+            .map(|p| {
+                let prom = &p.exporter.prometheus;
+                format!("{}:{}", prom.host, prom.port)
+            })
+            .unwrap_or_else(|| self.address.clone())
+    }
+}
+
+/// `service.telemetry.metrics.readers[i]`: only `pull` readers (Prometheus) are served.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricReaderConfig {
+    pub pull: Option<PullReaderConfig>,
+    pub periodic: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PullReaderConfig {
+    pub exporter: PullExporterConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PullExporterConfig {
+    pub prometheus: PrometheusReaderConfig,
+}
+
+/// `...pull.exporter.prometheus`. The `without_*` switches are accepted and have no effect:
+/// tailgate's metric names never carry type suffixes, units or scope info.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrometheusReaderConfig {
+    pub host: String,
+    pub port: u16,
+    pub without_scope_info: bool,
+    pub without_type_suffix: bool,
+    pub without_units: bool,
+}
+
+impl Default for PrometheusReaderConfig {
+    fn default() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 8888,
+            without_scope_info: false,
+            without_type_suffix: false,
+            without_units: false,
         }
     }
 }

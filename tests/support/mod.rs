@@ -1,0 +1,63 @@
+//! Shared harness for the end-to-end tests in `tests/`.
+//!
+//! Each test file pulls this in with `mod support;`. What it provides:
+//!
+//! - [`RecordingBackend`]: a fake Tempo/Jaeger. An OTLP trace server (gRPC or HTTP) on a loopback
+//!   port that records every export request it receives, decoded, with its headers, and lets a
+//!   test wait for spans to arrive without sleeping. It can be told to fail requests (with or
+//!   without a `RetryInfo` delay) or to hold responses, to exercise the gateway's retries and
+//!   queue.
+//! - [`Gateway`]: the real `tailgate` binary started on a config string, its output captured to a
+//!   log file (printed automatically when a test panics), with health polling, metric scraping,
+//!   SIGTERM and exit waiting.
+//! - [`SamplerConfig`] / [`sampler_config`]: the Collector-format YAML of a sampler tier with given
+//!   ports and policies, exporting to a backend.
+//! - [`otlp`]: small builders for OTLP messages and a gRPC client.
+//! - [`python`]: runs the Python SDK clients in `tests/clients/` (from the venv at `.venv`).
+//! - [`http`]: a minimal HTTP/1 client (health checks, metric scrapes, OTLP/HTTP posts).
+//!
+//! Waiting is always on a signal (the backend's watch channel, a process exit), bounded by a
+//! timeout. The only polling loop is [`Gateway::wait_ready`], because a starting process gives no
+//! other signal that it is listening.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod otlp;
+pub mod python;
+
+#[allow(unused_imports)]
+pub use backend::{
+    Failure, Protocol, ReceivedRequest, ReceivedSpan, RecordingBackend, WaitTimeout,
+};
+#[allow(unused_imports)]
+pub use config::{sampler_config, SamplerConfig, SamplerPorts};
+#[allow(unused_imports)]
+pub use gateway::{parse_metric, Gateway};
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+/// A loopback TCP port that was free a moment ago: bind `127.0.0.1:0`, read the port, release it.
+///
+/// Another process can take the port between this call and its use; on a test machine that is
+/// rare enough to accept, and it is the only way to hand a port to a child process's config.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Lower-case hex of an ID (trace or span), as OTLP/JSON and the Python SDK print them.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
