@@ -2,7 +2,10 @@
 //! system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/google/rpc/status.proto", "proto/tailgate/otlp_views.proto"];
+    let files = [
+        "proto/google/rpc/status.proto",
+        "proto/tailgate/otlp_views.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }
