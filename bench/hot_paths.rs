@@ -25,37 +25,62 @@ const SPANS: usize = 512;
 const SPANS_PER_TRACE: usize = 8;
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue { key: key.into(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
 }
 
 fn span(seed: u64, trace: u64, index: usize) -> Span {
     use any_value::Value::*;
     let mut trace_id = [0u8; 16];
-    trace_id[..8].copy_from_slice(&(seed ^ trace).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    trace_id[..8].copy_from_slice(
+        &(seed ^ trace)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .to_le_bytes(),
+    );
     trace_id[8..].copy_from_slice(&trace.wrapping_add(1).to_le_bytes());
     let start = 1_700_000_000_000_000_000 + trace * 1_000_000 + index as u64 * 10_000;
     Span {
         trace_id: trace_id.to_vec(),
         span_id: ((trace << 8) | index as u64 | 1).to_le_bytes().to_vec(),
-        parent_span_id: if index == 0 { vec![] } else { ((trace << 8) | 1).to_le_bytes().to_vec() },
+        parent_span_id: if index == 0 {
+            vec![]
+        } else {
+            ((trace << 8) | 1).to_le_bytes().to_vec()
+        },
         name: "SELECT orders FROM db.orders WHERE customer_id = ?".into(),
         kind: 3,
         start_time_unix_nano: start,
         end_time_unix_nano: start + 4_500_000,
         attributes: vec![
             kv("http.method", StringValue("POST".into())),
-            kv("http.route", StringValue("/api/v1/orders/{order_id}/items".into())),
+            kv(
+                "http.route",
+                StringValue("/api/v1/orders/{order_id}/items".into()),
+            ),
             kv("http.status_code", IntValue(200)),
             kv("db.system", StringValue("postgresql".into())),
-            kv("db.statement", StringValue("SELECT id, sku, qty FROM order_items WHERE order_id = $1".into())),
-            kv("net.peer.name", StringValue("orders-db.internal.example".into())),
+            kv(
+                "db.statement",
+                StringValue("SELECT id, sku, qty FROM order_items WHERE order_id = $1".into()),
+            ),
+            kv(
+                "net.peer.name",
+                StringValue("orders-db.internal.example".into()),
+            ),
             kv("net.peer.port", IntValue(5432)),
             kv("thread.name", StringValue("tokio-runtime-worker-3".into())),
             kv("cache.hit", BoolValue(index % 2 == 0)),
             kv("customer.tier", StringValue("enterprise".into())),
         ],
         status: Some(Status {
-            code: if trace % 100 == 0 && index == 3 { status::StatusCode::Error as i32 } else { 0 },
+            code: if trace % 100 == 0 && index == 3 {
+                status::StatusCode::Error as i32
+            } else {
+                0
+            },
             message: String::new(),
         }),
         ..Default::default()
@@ -63,19 +88,34 @@ fn span(seed: u64, trace: u64, index: usize) -> Span {
 }
 
 fn request(seed: u64) -> Vec<u8> {
-    let spans = (0..SPANS).map(|i| span(seed, (i / SPANS_PER_TRACE) as u64, i % SPANS_PER_TRACE)).collect();
+    let spans = (0..SPANS)
+        .map(|i| span(seed, (i / SPANS_PER_TRACE) as u64, i % SPANS_PER_TRACE))
+        .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
             resource: Some(Resource {
                 attributes: vec![
-                    kv("service.name", any_value::Value::StringValue("orders-api".into())),
-                    kv("service.version", any_value::Value::StringValue("1.42.0".into())),
-                    kv("host.name", any_value::Value::StringValue("orders-api-7d9f8b-x2k4p".into())),
+                    kv(
+                        "service.name",
+                        any_value::Value::StringValue("orders-api".into()),
+                    ),
+                    kv(
+                        "service.version",
+                        any_value::Value::StringValue("1.42.0".into()),
+                    ),
+                    kv(
+                        "host.name",
+                        any_value::Value::StringValue("orders-api-7d9f8b-x2k4p".into()),
+                    ),
                 ],
                 ..Default::default()
             }),
             scope_spans: vec![ScopeSpans {
-                scope: Some(InstrumentationScope { name: "orders".into(), version: "1.0".into(), ..Default::default() }),
+                scope: Some(InstrumentationScope {
+                    name: "orders".into(),
+                    version: "1.0".into(),
+                    ..Default::default()
+                }),
                 spans,
                 schema_url: String::new(),
             }],
@@ -99,9 +139,14 @@ fn hot_paths(c: &mut Criterion) {
     let body = request(7);
     let mut group = c.benchmark_group("per_request_512_spans");
     group.throughput(Throughput::Elements(SPANS as u64));
-    group.bench_function("walk_request", |b| b.iter(|| parse_export_request(&body).unwrap().spans.len()));
+    group.bench_function("walk_request", |b| {
+        b.iter(|| parse_export_request(&body).unwrap().spans.len())
+    });
 
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
     let settings = BufferSettings {
         decision_wait: Duration::from_secs(3600),
@@ -137,24 +182,37 @@ fn hot_paths(c: &mut Criterion) {
     // One trace of 8 spans, as the buffer holds it.
     let parsed = parse_export_request(&body).unwrap();
     let origin = Arc::new(parsed.origins[0].clone());
-    let trace_spans: Vec<(usize, usize)> = parsed.spans[..SPANS_PER_TRACE].iter().map(|s| s.range).collect();
+    let trace_spans: Vec<(usize, usize)> = parsed.spans[..SPANS_PER_TRACE]
+        .iter()
+        .map(|s| s.range)
+        .collect();
     let chunks = vec![Chunk::from_spans(Arc::clone(&origin), &body, &trace_spans)];
     let set = policies();
     let trace_id = parsed.spans[0].info.trace_id;
     let mut group = c.benchmark_group("per_trace_8_spans");
     group.throughput(Throughput::Elements(SPANS_PER_TRACE as u64));
-    group.bench_function("decide_trace", |b| b.iter(|| set.decide(&trace_view(trace_id, &chunks))));
+    group.bench_function("decide_trace", |b| {
+        b.iter(|| set.decide(&trace_view(trace_id, &chunks)))
+    });
     group.finish();
 
     // A batch of 64 kept traces (512 spans) from two requests' worth of origins.
     let all: Vec<Chunk> = parsed
         .spans
         .chunks(SPANS_PER_TRACE)
-        .map(|t| Chunk::from_spans(Arc::new(parsed.origins[0].clone()), &body, &t.iter().map(|s| s.range).collect::<Vec<_>>()))
+        .map(|t| {
+            Chunk::from_spans(
+                Arc::new(parsed.origins[0].clone()),
+                &body,
+                &t.iter().map(|s| s.range).collect::<Vec<_>>(),
+            )
+        })
         .collect();
     let mut group = c.benchmark_group("per_batch_512_spans");
     group.throughput(Throughput::Elements(SPANS as u64));
-    group.bench_function("encode_batch", |b| b.iter(|| encode_chunks(&all).body.len()));
+    group.bench_function("encode_batch", |b| {
+        b.iter(|| encode_chunks(&all).body.len())
+    });
     group.finish();
 }
 

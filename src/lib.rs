@@ -6,6 +6,7 @@
 //! `telemetry` serves metrics and health; `app` wires the stages.
 
 pub mod app;
+pub mod balancer;
 pub mod buffer;
 pub mod config;
 pub mod exporter;

@@ -72,7 +72,20 @@ impl<'a> FieldReader<'a> {
         self.base + self.pos
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, WireError> {
+        // Keys and most lengths fit one byte.
+        if let Some(&byte) = self.buf.get(self.pos) {
+            if byte < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(byte));
+            }
+        }
+        self.varint_multi_byte()
+    }
+
+    #[inline(never)]
+    fn varint_multi_byte(&mut self) -> Result<u64, WireError> {
         let mut value = 0u64;
         for i in 0..10 {
             let Some(&byte) = self.buf.get(self.pos) else {
@@ -87,6 +100,7 @@ impl<'a> FieldReader<'a> {
         Err(WireError::BadVarint(self.offset()))
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let end = self
             .pos
@@ -100,6 +114,7 @@ impl<'a> FieldReader<'a> {
 
     /// The next `(field number, value, absolute offset of the value)`, or `None` at the end.
     #[allow(clippy::should_implement_trait)]
+    #[inline]
     pub fn next(&mut self) -> Result<Option<(u32, Value<'a>, usize)>, WireError> {
         if self.pos >= self.buf.len() {
             return Ok(None);

@@ -107,21 +107,40 @@ async fn async_jobs_from_the_python_sdk_are_kept_or_dropped_as_whole_traces() {
     assert!(normal_kept > 0, "the baseline kept some normal traces");
     assert!(normal_kept < report.of_kind(JobKind::Normal).count());
 
-    backend.wait_for_spans(expected.len() * 4, WAIT).await.unwrap();
+    backend
+        .wait_for_spans(expected.len() * 4, WAIT)
+        .await
+        .unwrap();
     let traces = backend.spans_by_trace();
     let received: BTreeSet<String> = traces.keys().cloned().collect();
     assert_eq!(received, expected);
-    for job in report.of_kind(JobKind::Error).chain(report.of_kind(JobKind::Slow)) {
-        assert_eq!(traces[&job.trace_id].len(), 4, "{:?} trace {} is whole", job.kind, job.trace_id);
+    for job in report
+        .of_kind(JobKind::Error)
+        .chain(report.of_kind(JobKind::Slow))
+    {
+        assert_eq!(
+            traces[&job.trace_id].len(),
+            4,
+            "{:?} trace {} is whole",
+            job.kind,
+            job.trace_id
+        );
     }
     for (trace, spans) in &traces {
         assert_eq!(spans.len(), 4, "trace {trace} is whole");
         let services: BTreeSet<_> = spans.iter().filter_map(|s| s.service_name()).collect();
-        assert_eq!(services, BTreeSet::from(["api".to_string(), "worker".to_string()]));
+        assert_eq!(
+            services,
+            BTreeSet::from(["api".to_string(), "worker".to_string()])
+        );
     }
     // Never half a trace: each trace left in one export request.
     for (trace, requests) in requests_per_trace(&backend) {
-        assert_eq!(requests.len(), 1, "trace {trace} was split over requests {requests:?}");
+        assert_eq!(
+            requests.len(),
+            1,
+            "trace {trace} was split over requests {requests:?}"
+        );
     }
     assert_eq!(
         gateway
@@ -139,7 +158,8 @@ async fn the_rust_sdk_api_and_worker_services_produce_one_kept_error_trace() {
 
     let backend = RecordingBackend::start_grpc().await;
     let ports = SamplerPorts::free();
-    let gateway = Gateway::start(&SamplerConfig::new(ports, ERRORS_SLOW_BASELINE, &backend).render()).await;
+    let gateway =
+        Gateway::start(&SamplerConfig::new(ports, ERRORS_SLOW_BASELINE, &backend).render()).await;
 
     let provider = |service: &'static str| {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -148,7 +168,11 @@ async fn the_rust_sdk_api_and_worker_services_produce_one_kept_error_trace() {
             .build()
             .unwrap();
         opentelemetry_sdk::trace::SdkTracerProvider::builder()
-            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name(service)
+                    .build(),
+            )
             .with_simple_exporter(exporter)
             .build()
     };
@@ -178,7 +202,14 @@ async fn the_rust_sdk_api_and_worker_services_produce_one_kept_error_trace() {
     let (trace, spans) = traces.into_iter().next().unwrap();
     assert_eq!(trace, support::hex(&message_context.trace_id().to_bytes()));
     let names: BTreeSet<_> = spans.iter().map(|s| s.span.name.clone()).collect();
-    assert_eq!(names, BTreeSet::from(["POST /orders".into(), "enqueue job".into(), "process job".into()]));
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "POST /orders".into(),
+            "enqueue job".into(),
+            "process job".into()
+        ])
+    );
     assert_eq!(requests_per_trace(&backend)[&trace].len(), 1, "sent whole");
     drop(gateway);
     let _ = (api.shutdown(), worker.shutdown());
@@ -188,7 +219,15 @@ async fn the_rust_sdk_api_and_worker_services_produce_one_kept_error_trace() {
 async fn spans_arriving_after_the_decision_follow_it() {
     let backend = RecordingBackend::start_grpc().await;
     let ports = SamplerPorts::free();
-    let gateway = Gateway::start(&SamplerConfig::new(ports, ERRORS_SLOW_BASELINE.split("- name: slow").next().unwrap(), &backend).render()).await;
+    let gateway = Gateway::start(
+        &SamplerConfig::new(
+            ports,
+            ERRORS_SLOW_BASELINE.split("- name: slow").next().unwrap(),
+            &backend,
+        )
+        .render(),
+    )
+    .await;
     let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
 
     let kept = otlp::trace_id(0xAA);
@@ -196,7 +235,10 @@ async fn spans_arriving_after_the_decision_follow_it() {
     let mut error = otlp::span(kept, otlp::span_id(1), "fails");
     otlp::set_error(&mut error, "boom");
     let fine = otlp::span(dropped, otlp::span_id(2), "fine");
-    client.export(otlp::request("api", vec![error, fine])).await.unwrap();
+    client
+        .export(otlp::request("api", vec![error, fine]))
+        .await
+        .unwrap();
     wait_for_decisions(&gateway, 2.0).await;
     backend.wait_for_spans(1, WAIT).await.unwrap();
 
@@ -205,13 +247,26 @@ async fn spans_arriving_after_the_decision_follow_it() {
     let late_kept = otlp::span(kept, otlp::span_id(3), "late");
     let mut late_dropped = otlp::span(dropped, otlp::span_id(4), "late");
     otlp::set_error(&mut late_dropped, "too late");
-    client.export(otlp::request("worker", vec![late_kept, late_dropped])).await.unwrap();
+    client
+        .export(otlp::request("worker", vec![late_kept, late_dropped]))
+        .await
+        .unwrap();
     backend.wait_for_spans(2, WAIT).await.unwrap();
     let traces = backend.spans_by_trace();
     assert_eq!(traces.len(), 1);
     assert_eq!(traces[&support::hex(&kept)].len(), 2);
-    assert_eq!(gateway.metric("tailgate_late_spans_total", &[("decision", "sampled")]).await, 1.0);
-    assert_eq!(gateway.metric("tailgate_late_spans_total", &[("decision", "not_sampled")]).await, 1.0);
+    assert_eq!(
+        gateway
+            .metric("tailgate_late_spans_total", &[("decision", "sampled")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        gateway
+            .metric("tailgate_late_spans_total", &[("decision", "not_sampled")])
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +278,10 @@ async fn malformed_grpc_requests_are_refused_and_the_gateway_keeps_serving() {
         .render()
         .replace(
             &format!("endpoint: 127.0.0.1:{}\n", ports.grpc),
-            &format!("endpoint: 127.0.0.1:{}\n        max_recv_msg_size_mib: 1\n", ports.grpc),
+            &format!(
+                "endpoint: 127.0.0.1:{}\n        max_recv_msg_size_mib: 1\n",
+                ports.grpc
+            ),
         );
     let gateway = Gateway::start(&config).await;
     let channel = tonic::transport::Endpoint::from_shared(ports.grpc_endpoint())
@@ -249,7 +307,13 @@ async fn malformed_grpc_requests_are_refused_and_the_gateway_keeps_serving() {
             .map(|_| ())
         }
     };
-    let valid = |trace: u128| otlp::request("api", vec![otlp::span(otlp::trace_id(trace), otlp::span_id(1), "ok")]).encode_to_vec();
+    let valid = |trace: u128| {
+        otlp::request(
+            "api",
+            vec![otlp::span(otlp::trace_id(trace), otlp::span_id(1), "ok")],
+        )
+        .encode_to_vec()
+    };
     let with_trace_id = |id: Vec<u8>| {
         let mut span = otlp::span(otlp::trace_id(1), otlp::span_id(1), "bad");
         span.trace_id = id;
@@ -260,27 +324,71 @@ async fn malformed_grpc_requests_are_refused_and_the_gateway_keeps_serving() {
     let huge = otlp::request("api", vec![huge]).encode_to_vec();
 
     let cases: Vec<(&str, Vec<u8>, bool, tonic::Code)> = vec![
-        ("garbage bytes", b"\xff\xff\xff\xff".to_vec(), false, tonic::Code::InvalidArgument),
-        ("all-zero trace ID", with_trace_id(vec![0; 16]), false, tonic::Code::InvalidArgument),
-        ("8-byte trace ID", with_trace_id(vec![1; 8]), false, tonic::Code::InvalidArgument),
-        ("truncated protobuf", valid(1)[..20].to_vec(), false, tonic::Code::InvalidArgument),
-        ("over max_recv_msg_size_mib", huge, false, tonic::Code::ResourceExhausted),
+        (
+            "garbage bytes",
+            b"\xff\xff\xff\xff".to_vec(),
+            false,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "all-zero trace ID",
+            with_trace_id(vec![0; 16]),
+            false,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "8-byte trace ID",
+            with_trace_id(vec![1; 8]),
+            false,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "truncated protobuf",
+            valid(1)[..20].to_vec(),
+            false,
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            "over max_recv_msg_size_mib",
+            huge,
+            false,
+            tonic::Code::ResourceExhausted,
+        ),
     ];
     for (what, body, gzip, code) in cases {
         let status = send(body, gzip).await.expect_err(what);
         assert_eq!(status.code(), code, "{what}: {status:?}");
         // The next valid request still goes through.
-        send(valid(100), false).await.unwrap_or_else(|e| panic!("after {what}: {e:?}"));
+        send(valid(100), false)
+            .await
+            .unwrap_or_else(|e| panic!("after {what}: {e:?}"));
     }
 
     // A body flagged as gzip that is not gzip: a raw HTTP/2 client is needed to lie about it.
     let status = send_corrupt_gzip(&ports.grpc_endpoint()).await;
-    assert_eq!(status, "3", "INVALID_ARGUMENT for an undecompressable message");
-    send(valid(101), true).await.expect("gzip-compressed requests are accepted");
+    assert_eq!(
+        status, "3",
+        "INVALID_ARGUMENT for an undecompressable message"
+    );
+    send(valid(101), true)
+        .await
+        .expect("gzip-compressed requests are accepted");
 
     backend.wait_for_spans(6, WAIT).await.unwrap();
-    assert_eq!(backend.spans_by_trace().len(), 2, "only the valid traces (100, 101) were buffered");
-    assert!(gateway.metric_opt("tailgate_receiver_rejected_requests_total", &[("transport", "grpc"), ("reason", "malformed")]).await >= Some(4.0));
+    assert_eq!(
+        backend.spans_by_trace().len(),
+        2,
+        "only the valid traces (100, 101) were buffered"
+    );
+    assert!(
+        gateway
+            .metric_opt(
+                "tailgate_receiver_rejected_requests_total",
+                &[("transport", "grpc"), ("reason", "malformed")]
+            )
+            .await
+            >= Some(4.0)
+    );
 }
 
 /// Sends a gRPC message whose compressed flag is set (grpc-encoding: gzip) but whose payload is
@@ -315,10 +423,15 @@ async fn send_corrupt_gzip(endpoint: &str) -> String {
 async fn malformed_http_requests_get_the_right_status_and_the_gateway_keeps_serving() {
     let backend = RecordingBackend::start_grpc().await;
     let ports = SamplerPorts::free();
-    let config = SamplerConfig::new(ports, KEEP_ALL, &backend).render().replace(
-        &format!("endpoint: 127.0.0.1:{}\n", ports.http),
-        &format!("endpoint: 127.0.0.1:{}\n        max_request_body_size: 65536\n", ports.http),
-    );
+    let config = SamplerConfig::new(ports, KEEP_ALL, &backend)
+        .render()
+        .replace(
+            &format!("endpoint: 127.0.0.1:{}\n", ports.http),
+            &format!(
+                "endpoint: 127.0.0.1:{}\n        max_request_body_size: 65536\n",
+                ports.http
+            ),
+        );
     let _gateway = Gateway::start(&config).await;
     let url = format!("{}/v1/traces", ports.http_endpoint());
     let post = |content_type: &'static str, encoding: Option<&'static str>, body: Vec<u8>| {
@@ -328,10 +441,18 @@ async fn malformed_http_requests_get_the_right_status_and_the_gateway_keeps_serv
             if let Some(e) = encoding {
                 headers.push(("content-encoding", e));
             }
-            support::http::post(&url, &headers, body, WAIT).await.unwrap()
+            support::http::post(&url, &headers, body, WAIT)
+                .await
+                .unwrap()
         }
     };
-    let valid = |trace: u128| otlp::request("api", vec![otlp::span(otlp::trace_id(trace), otlp::span_id(1), "ok")]).encode_to_vec();
+    let valid = |trace: u128| {
+        otlp::request(
+            "api",
+            vec![otlp::span(otlp::trace_id(trace), otlp::span_id(1), "ok")],
+        )
+        .encode_to_vec()
+    };
     let gzip = |data: &[u8]| {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -343,37 +464,96 @@ async fn malformed_http_requests_get_the_right_status_and_the_gateway_keeps_serv
     let zero = otlp::request("api", vec![zero]).encode_to_vec();
 
     let cases: Vec<(&str, &'static str, Option<&'static str>, Vec<u8>, u16)> = vec![
-        ("garbage protobuf", "application/x-protobuf", None, b"\xff\xff\xff".to_vec(), 400),
+        (
+            "garbage protobuf",
+            "application/x-protobuf",
+            None,
+            b"\xff\xff\xff".to_vec(),
+            400,
+        ),
         ("zero trace ID", "application/x-protobuf", None, zero, 400),
-        ("malformed JSON", "application/json", None, b"{\"resourceSpans\": [".to_vec(), 400),
-        ("too large", "application/x-protobuf", None, vec![0x0a; 70_000], 413),
-        ("too large once decompressed", "application/x-protobuf", Some("gzip"), gzip(&vec![0u8; 200_000]), 413),
-        ("corrupt gzip", "application/x-protobuf", Some("gzip"), b"not gzip at all".to_vec(), 400),
+        (
+            "malformed JSON",
+            "application/json",
+            None,
+            b"{\"resourceSpans\": [".to_vec(),
+            400,
+        ),
+        (
+            "too large",
+            "application/x-protobuf",
+            None,
+            vec![0x0a; 70_000],
+            413,
+        ),
+        (
+            "too large once decompressed",
+            "application/x-protobuf",
+            Some("gzip"),
+            gzip(&vec![0u8; 200_000]),
+            413,
+        ),
+        (
+            "corrupt gzip",
+            "application/x-protobuf",
+            Some("gzip"),
+            b"not gzip at all".to_vec(),
+            400,
+        ),
         ("unknown content type", "text/plain", None, valid(1), 415),
     ];
     for (what, content_type, encoding, body, status) in cases {
         let response = post(content_type, encoding, body).await;
-        assert_eq!(response.status.as_u16(), status, "{what}: {}", response.text());
+        assert_eq!(
+            response.status.as_u16(),
+            status,
+            "{what}: {}",
+            response.text()
+        );
         let ok = post("application/x-protobuf", None, valid(200)).await;
         assert_eq!(ok.status.as_u16(), 200, "valid request after {what}");
     }
     // Compressed and JSON bodies are accepted.
-    assert_eq!(post("application/x-protobuf", Some("gzip"), gzip(&valid(201))).await.status.as_u16(), 200);
+    assert_eq!(
+        post("application/x-protobuf", Some("gzip"), gzip(&valid(201)))
+            .await
+            .status
+            .as_u16(),
+        200
+    );
     let zstd_body = zstd::encode_all(&valid(202)[..], 1).unwrap();
-    assert_eq!(post("application/x-protobuf", Some("zstd"), zstd_body).await.status.as_u16(), 200);
+    assert_eq!(
+        post("application/x-protobuf", Some("zstd"), zstd_body)
+            .await
+            .status
+            .as_u16(),
+        200
+    );
     let json = br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"000000000000000000000000000000cb","spanId":"0000000000000001","name":"json","startTimeUnixNano":"1","endTimeUnixNano":"2"}]}]}]}"#;
     let response = post("application/json", None, json.to_vec()).await;
     assert_eq!(response.status.as_u16(), 200, "{}", response.text());
     assert_eq!(response.text(), "{}");
 
-    backend.wait_until("traces 200, 201, 202 and 0xcb", WAIT, |requests| {
-        let ids: BTreeSet<String> = requests.iter().flat_map(|r| r.spans()).map(|s| s.trace_id()).collect();
-        [200u128, 201, 202, 0xcb].iter().all(|t| ids.contains(&support::hex(&otlp::trace_id(*t))))
-    })
-    .await
-    .unwrap();
+    backend
+        .wait_until("traces 200, 201, 202 and 0xcb", WAIT, |requests| {
+            let ids: BTreeSet<String> = requests
+                .iter()
+                .flat_map(|r| r.spans())
+                .map(|s| s.trace_id())
+                .collect();
+            [200u128, 201, 202, 0xcb]
+                .iter()
+                .all(|t| ids.contains(&support::hex(&otlp::trace_id(*t))))
+        })
+        .await
+        .unwrap();
     let traces = backend.spans_by_trace();
-    assert_eq!(traces.len(), 4, "only valid requests were buffered: {:?}", traces.keys());
+    assert_eq!(
+        traces.len(),
+        4,
+        "only valid requests were buffered: {:?}",
+        traces.keys()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,8 +566,14 @@ async fn a_bad_config_refuses_to_start_and_names_every_yaml_path() {
         .replace("sampling_percentage: 20", "sampling_percentge: 20");
     let (status, logs) = Gateway::run_until_exit(&config, WAIT).await;
     assert!(!status.success());
-    assert!(logs.contains("processors.tail_sampling.policies[1].latency.threshold_ms"), "{logs}");
-    assert!(logs.contains("unknown field `sampling_percentge`"), "{logs}");
+    assert!(
+        logs.contains("processors.tail_sampling.policies[1].latency.threshold_ms"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("unknown field `sampling_percentge`"),
+        "{logs}"
+    );
 
     // `validate` reports the same without starting anything.
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -400,14 +586,21 @@ async fn a_bad_config_refuses_to_start_and_names_every_yaml_path() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("2 errors"), "{stderr}");
-    assert!(stderr.contains("policies[2].probabilistic.sampling_percentge"), "{stderr}");
+    assert!(
+        stderr.contains("policies[2].probabilistic.sampling_percentge"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_decides_every_pending_trace_and_drains_before_exiting() {
     let backend = RecordingBackend::start_grpc().await;
     let ports = SamplerPorts::free();
-    let mut config = SamplerConfig::new(ports, ERRORS_SLOW_BASELINE.split("- name: slow").next().unwrap(), &backend);
+    let mut config = SamplerConfig::new(
+        ports,
+        ERRORS_SLOW_BASELINE.split("- name: slow").next().unwrap(),
+        &backend,
+    );
     config.decision_wait = "10m".into();
     config.batch = true;
     config.service_extra = "shutdown_grace_period: 20s\n".into();
@@ -419,11 +612,18 @@ async fn sigterm_decides_every_pending_trace_and_drains_before_exiting() {
         if t % 2 == 0 {
             otlp::set_error(&mut root, "failed");
         }
-        let child = otlp::child_of(otlp::span(otlp::trace_id(t), otlp::span_id(2), "step"), &root);
+        let child = otlp::child_of(
+            otlp::span(otlp::trace_id(t), otlp::span_id(2), "step"),
+            &root,
+        );
         spans.extend([root, child]);
     }
     client.export(otlp::request("api", spans)).await.unwrap();
-    assert_eq!(backend.span_count(), 0, "nothing is decided before decision_wait");
+    assert_eq!(
+        backend.span_count(),
+        0,
+        "nothing is decided before decision_wait"
+    );
 
     gateway.sigterm();
     let status = gateway.wait_exit(WAIT).await;
@@ -443,13 +643,20 @@ async fn drop_pending_traces_on_shutdown_drops_them_and_says_so() {
     let gateway = Gateway::start(&config.render()).await;
     let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
     client
-        .export(otlp::request("api", vec![otlp::span(otlp::trace_id(1), otlp::span_id(1), "pending")]))
+        .export(otlp::request(
+            "api",
+            vec![otlp::span(otlp::trace_id(1), otlp::span_id(1), "pending")],
+        ))
         .await
         .unwrap();
     gateway.sigterm();
     assert!(gateway.wait_exit(WAIT).await.success());
     assert_eq!(backend.span_count(), 0);
-    assert!(gateway.logs().contains("dropped undecided traces"), "{}", gateway.logs());
+    assert!(
+        gateway.logs().contains("dropped undecided traces"),
+        "{}",
+        gateway.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -462,14 +669,26 @@ async fn the_exporter_retries_a_failing_backend_and_sends_the_tenant_header() {
     let gateway = Gateway::start(&config.render()).await;
     let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
     client
-        .export(otlp::request("api", vec![otlp::span(otlp::trace_id(7), otlp::span_id(1), "retried")]))
+        .export(otlp::request(
+            "api",
+            vec![otlp::span(otlp::trace_id(7), otlp::span_id(1), "retried")],
+        ))
         .await
         .unwrap();
     backend.wait_for_spans(1, WAIT).await.unwrap();
     assert_eq!(backend.request_count(), 3, "two refusals, then success");
-    assert!(backend.header_values("x-scope-orgid").iter().all(|v| v.as_deref() == Some("tenant-a")));
-    assert_eq!(gateway.metric("tailgate_exporter_retries_total", &[]).await, 2.0);
-    assert_eq!(gateway.metric("otelcol_exporter_sent_spans", &[]).await, 1.0);
+    assert!(backend
+        .header_values("x-scope-orgid")
+        .iter()
+        .all(|v| v.as_deref() == Some("tenant-a")));
+    assert_eq!(
+        gateway.metric("tailgate_exporter_retries_total", &[]).await,
+        2.0
+    );
+    assert_eq!(
+        gateway.metric("otelcol_exporter_sent_spans", &[]).await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,16 +699,30 @@ async fn a_permanent_backend_error_is_not_retried_and_is_counted() {
     let gateway = Gateway::start(&SamplerConfig::new(ports, KEEP_ALL, &backend).render()).await;
     let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
     client
-        .export(otlp::request("api", vec![otlp::span(otlp::trace_id(8), otlp::span_id(1), "refused")]))
+        .export(otlp::request(
+            "api",
+            vec![otlp::span(otlp::trace_id(8), otlp::span_id(1), "refused")],
+        ))
         .await
         .unwrap();
     backend.wait_for_requests(1, WAIT).await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while gateway.metric_opt("otelcol_exporter_send_failed_spans", &[]).await != Some(1.0) {
-        assert!(tokio::time::Instant::now() < deadline, "send_failed_spans never reached 1");
+    while gateway
+        .metric_opt("otelcol_exporter_send_failed_spans", &[])
+        .await
+        != Some(1.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "send_failed_spans never reached 1"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(backend.request_count(), 1, "RESOURCE_EXHAUSTED without RetryInfo is final");
+    assert_eq!(
+        backend.request_count(),
+        1,
+        "RESOURCE_EXHAUSTED without RetryInfo is final"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,4 +743,58 @@ async fn otlphttp_export_carries_headers_and_the_exact_span_bytes() {
     // Not decoded and re-encoded: the request the backend got is the one the client sent.
     let got: &ExportTraceServiceRequest = &received.request;
     assert_eq!(got.encode_to_vec(), sent.encode_to_vec());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sending_queue_drops_the_batch_and_counts_it() {
+    let backend = RecordingBackend::start_grpc().await;
+    backend.hold_responses();
+    let ports = SamplerPorts::free();
+    let mut config = SamplerConfig::new(ports, KEEP_ALL, &backend);
+    config.decision_wait = "200ms".into();
+    config.exporter_extra += "sending_queue:\n  queue_size: 1\n  num_consumers: 1\nretry_on_failure:\n  enabled: false\ntimeout: 30s\n";
+    let gateway = Gateway::start(&config.render()).await;
+    let client = otlp::grpc_client(&ports.grpc_endpoint()).await;
+    let send = |t: u128| {
+        let request = otlp::request(
+            "api",
+            vec![otlp::span(otlp::trace_id(t), otlp::span_id(1), "s")],
+        );
+        let mut client = client.clone();
+        async move { client.export(request).await.unwrap() }
+    };
+    send(1).await; // decided, sent, and held in flight by the backend
+    backend.wait_for_held(1, WAIT).await.unwrap();
+    send(2).await; // decided and waiting in the one-slot queue
+    wait_for_decisions(&gateway, 2.0).await;
+    send(3).await; // decided while the queue is full: dropped and counted
+    wait_for_decisions(&gateway, 3.0).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while gateway
+        .metric_opt("otelcol_exporter_enqueue_failed_spans", &[])
+        .await
+        != Some(1.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drop was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    backend.release_responses();
+    backend.wait_for_spans(2, WAIT).await.unwrap();
+    let kept: BTreeSet<String> = backend.spans_by_trace().into_keys().collect();
+    assert_eq!(
+        kept,
+        BTreeSet::from([
+            support::hex(&otlp::trace_id(1)),
+            support::hex(&otlp::trace_id(2))
+        ])
+    );
+    assert!(
+        gateway.logs().contains("sending queue is full"),
+        "{}",
+        gateway.logs()
+    );
+    drop(client);
 }

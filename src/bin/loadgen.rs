@@ -12,7 +12,7 @@
 //! 3. When a run needs more spans than the pool holds (the pool is capped in memory), it goes round
 //!    the pool again with every trace ID XORed with a per-round mask, so trace IDs stay unique and a
 //!    trace's pieces still share one ID; the mask is applied at offsets found once by walking the
-//!    encoded wire format.
+//!    encoded wire format. Timestamps are those of the pool's build and are not rewritten.
 //!
 //! Retryable statuses (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`) are retried after a capped exponential
 //! backoff and counted. The run ends with one JSON line of results on stdout.
@@ -55,7 +55,7 @@ Options:
   --error-percent <PERCENT>    share of traces with one span of status ERROR [default: 1]
   --compression <none|gzip>    request compression [default: none]
   --seed <N>                   random seed [default: from the clock]
-  --print-span-size            print the average encoded span size in bytes and exit
+  --print-span-size            print the average encoded size of a Span message in bytes and exit
   -h, --help                   print this help
 ";
 
@@ -630,9 +630,9 @@ struct Pool {
 }
 
 impl Pool {
-    /// Builds `spans` spans (or a little more for whole requests, never fewer) in groups of
-    /// `requests_per_trace` requests: a group's traces are laid out span index first, so request
-    /// `k` of the group carries the `k`-th slice of every trace in the group.
+    /// Builds `spans` spans (rounded up to whole traces) in groups of `requests_per_trace`
+    /// requests: a group's traces are laid out span index first, so request `k` of the group
+    /// carries the `k`-th slice of every trace in the group.
     fn build(options: &Options, spans: u64) -> Self {
         let mut rng = XorShift::new(options.seed);
         let now_nanos = SystemTime::now()

@@ -208,8 +208,40 @@ pub struct IngestOutcome {
 #[error("the trace buffer is full (num_traces reached); retry later")]
 pub struct Overflow;
 
+/// Metric handles used on every request or decision, registered once: looking a metric up by
+/// name and labels on each use costs more than the update.
+struct BufferMetrics {
+    new_traces: metrics::Counter,
+    traces_sampled: metrics::Counter,
+    traces_not_sampled: metrics::Counter,
+    spans_not_sampled: metrics::Counter,
+    decision_lateness: metrics::Histogram,
+    traces_on_memory: metrics::Gauge,
+    buffered_spans: metrics::Gauge,
+    buffered_bytes: metrics::Gauge,
+}
+
+impl BufferMetrics {
+    fn register() -> Self {
+        const SAMPLED: &str = "otelcol_processor_tail_sampling_global_count_traces_sampled";
+        Self {
+            new_traces: metrics::counter!("otelcol_processor_tail_sampling_new_trace_id_received"),
+            traces_sampled: metrics::counter!(SAMPLED, "sampled" => "true"),
+            traces_not_sampled: metrics::counter!(SAMPLED, "sampled" => "false"),
+            spans_not_sampled: metrics::counter!("tailgate_spans_not_sampled_total"),
+            decision_lateness: metrics::histogram!("tailgate_decision_lateness_seconds"),
+            traces_on_memory: metrics::gauge!(
+                "otelcol_processor_tail_sampling_sampling_traces_on_memory"
+            ),
+            buffered_spans: metrics::gauge!("tailgate_buffered_spans"),
+            buffered_bytes: metrics::gauge!("tailgate_buffered_bytes"),
+        }
+    }
+}
+
 /// The sharded trace store and its deciders.
 pub struct TraceBuffer {
+    metrics: BufferMetrics,
     shards: Box<[Shard]>,
     settings: BufferSettings,
     policies: PolicySet,
@@ -250,6 +282,7 @@ impl TraceBuffer {
             })
             .collect();
         Arc::new(Self {
+            metrics: BufferMetrics::register(),
             shards,
             settings,
             policies,
@@ -380,8 +413,7 @@ impl TraceBuffer {
                         self.release(&entry);
                         state.cache.remember(&id, Remembered::NotSampled);
                         outcome.too_large += 1;
-                        metrics::counter!("tailgate_spans_not_sampled_total")
-                            .increment(entry.spans as u64);
+                        self.metrics.spans_not_sampled.increment(entry.spans as u64);
                     }
                 }
             }
@@ -390,8 +422,7 @@ impl TraceBuffer {
             }
             start = end;
         }
-        metrics::counter!("otelcol_processor_tail_sampling_new_trace_id_received")
-            .increment(new_traces as u64);
+        self.metrics.new_traces.increment(new_traces as u64);
         while self.live_traces() > self.settings.num_traces {
             match self.decide_oldest_early() {
                 Some(chunks) => {
@@ -458,10 +489,12 @@ impl TraceBuffer {
     }
 
     fn update_gauges(&self) {
-        metrics::gauge!("otelcol_processor_tail_sampling_sampling_traces_on_memory")
-            .set(self.live_traces() as f64);
-        metrics::gauge!("tailgate_buffered_spans").set(self.buffered_spans() as f64);
-        metrics::gauge!("tailgate_buffered_bytes")
+        self.metrics.traces_on_memory.set(self.live_traces() as f64);
+        self.metrics
+            .buffered_spans
+            .set(self.buffered_spans() as f64);
+        self.metrics
+            .buffered_bytes
             .set(self.buffered_bytes.load(Ordering::Relaxed) as f64);
     }
 
@@ -497,17 +530,17 @@ impl TraceBuffer {
         self.release(&entry);
         let decision = self.policies.decide(&trace_view(id, &entry.chunks));
         let sampled = decision == FinalDecision::Sampled;
-        metrics::counter!(
-            "otelcol_processor_tail_sampling_global_count_traces_sampled",
-            "sampled" => if sampled { "true" } else { "false" },
-        )
-        .increment(1);
+        if sampled {
+            self.metrics.traces_sampled.increment(1);
+        } else {
+            self.metrics.traces_not_sampled.increment(1);
+        }
         if sampled {
             state.cache.remember(&id, Remembered::Sampled);
             Some(entry.chunks)
         } else {
             state.cache.remember(&id, Remembered::NotSampled);
-            metrics::counter!("tailgate_spans_not_sampled_total").increment(entry.spans as u64);
+            self.metrics.spans_not_sampled.increment(entry.spans as u64);
             None
         }
     }
@@ -538,7 +571,8 @@ impl TraceBuffer {
                     let Some((id, entry)) = state.pop_due(now) else {
                         break;
                     };
-                    metrics::histogram!("tailgate_decision_lateness_seconds")
+                    self.metrics
+                        .decision_lateness
                         .record((now - entry.deadline).as_secs_f64());
                     if let Some(chunks) = self.decide(&mut state, id, entry) {
                         kept.extend(chunks);
@@ -564,6 +598,30 @@ impl TraceBuffer {
                 _ = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
             }
         }
+    }
+
+    /// Removes every buffered trace whose ID satisfies `hand_off` and returns its spans, for a
+    /// sampler that no longer owns those traces to send them to their new owner. The traces are
+    /// not decided here and nothing is remembered about them.
+    pub fn take_traces(&self, hand_off: impl Fn(&TraceId) -> bool) -> Vec<(TraceId, Vec<Chunk>)> {
+        let mut taken = Vec::new();
+        for shard in 0..SHARDS {
+            let mut state = self.lock(shard);
+            let ids: Vec<TraceId> = state
+                .traces
+                .keys()
+                .filter(|id| hand_off(id))
+                .copied()
+                .collect();
+            for id in ids {
+                if let Some(entry) = state.traces.remove(&id) {
+                    self.release(&entry);
+                    taken.push((id, entry.chunks));
+                }
+            }
+        }
+        self.update_gauges();
+        taken
     }
 
     /// Settles every buffered trace at shutdown: decides it now, or with
@@ -604,25 +662,36 @@ impl TraceBuffer {
     }
 }
 
-/// Groups a request's spans by trace (ordered by shard) and, within a trace, by origin, copying
-/// each group into a chunk.
 /// One trace's spans from one request.
-struct TraceGroup {
-    id: TraceId,
-    chunks: Vec<Chunk>,
-    has_root: bool,
+pub struct TraceGroup {
+    pub id: TraceId,
+    pub chunks: Vec<Chunk>,
+    pub has_root: bool,
 }
 
-fn group_by_trace(
+/// Groups a request's spans by trace and, within a trace, by origin, copying each group's span
+/// bytes into a [`Chunk`]. Traces come out ordered by buffer shard.
+pub fn group_by_trace(
     spans: &[wire::SpanRef],
     origins: &[Arc<Origin>],
     body: &[u8],
 ) -> Vec<TraceGroup> {
-    let mut order: Vec<u32> = (0..spans.len() as u32).collect();
-    order.sort_unstable_by_key(|&i| {
-        let s = &spans[i as usize];
-        (shard_of(&s.info.trace_id), s.info.trace_id, s.origin, i)
-    });
+    // Sort span indexes by (shard, trace, origin, arrival), with the keys computed once.
+    let mut keyed: Vec<(u8, u128, u32, u32)> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let id = &s.info.trace_id;
+            (
+                shard_of(id) as u8,
+                u128::from_be_bytes(*id),
+                s.origin as u32,
+                i as u32,
+            )
+        })
+        .collect();
+    keyed.sort_unstable();
+    let order: Vec<u32> = keyed.into_iter().map(|k| k.3).collect();
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut ranges = Vec::new();
     let mut i = 0;

@@ -316,7 +316,8 @@ impl Config {
         for (id, value) in raw.processors {
             let path = format!("processors.{id}");
             let parsed = match ComponentId::parse(&id).kind.as_str() {
-                "tail_sampling" => parse_tail_sampling(&path, value, &mut errors).map(ProcessorConfig::TailSampling),
+                "tail_sampling" => parse_tail_sampling(&path, value, &mut errors)
+                    .map(ProcessorConfig::TailSampling),
                 "batch" => parse_block(&path, value).map(ProcessorConfig::Batch),
                 other => Err(unsupported("processor", other, &path)),
             };
@@ -735,7 +736,10 @@ service:
             "service:\n  telemetry:\n    metrics:\n      level: detailed\n      readers:\n        - pull:\n            exporter:\n              prometheus:\n                host: 127.0.0.1\n                port: 9999\n",
         );
         let config = Config::from_yaml(&yaml).unwrap();
-        assert_eq!(config.service.telemetry.metrics.listen_address(), "127.0.0.1:9999");
+        assert_eq!(
+            config.service.telemetry.metrics.listen_address(),
+            "127.0.0.1:9999"
+        );
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! `latency`: keeps a trace whose duration (earliest span start to latest span end) reaches
+//! `latency`: keeps a trace whose duration (earliest span start to latest span end) exceeds
 //! `threshold_ms`, or, with `upper_threshold_ms`, lies in `(threshold_ms, upper_threshold_ms]`.
+//!
+//! The lower bound is exclusive in both forms, as in the Collector since v0.157 (its PR #49595;
+//! before, a trace of exactly `threshold_ms` was kept when no upper bound was set).
 //!
 //! Matches the Collector exactly, including a quirk: it walks spans in arrival order and stops at
 //! the first span after which the running duration satisfies the bounds. With an upper bound, a
@@ -8,7 +11,7 @@
 
 use serde::Deserialize;
 
-use super::{Decision, Policy, TraceView};
+use super::{Decision, Policy, PolicyError, TraceView};
 use crate::config::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -47,7 +50,7 @@ pub struct LatencyPolicy {
 }
 
 impl Policy for LatencyPolicy {
-    fn evaluate(&self, trace: &TraceView<'_>) -> Decision {
+    fn evaluate(&self, trace: &TraceView<'_>) -> Result<Decision, PolicyError> {
         let (mut min, mut max) = (0u64, 0u64);
         for span in &trace.spans {
             let (start, end) = (span.info.start_unix_nano, span.info.end_unix_nano);
@@ -60,15 +63,15 @@ impl Policy for LatencyPolicy {
             // Signed: a span may end before it starts; Go's Sub then gives a negative duration.
             let duration_ms = ((max as i128 - min as i128) / 1_000_000) as i64;
             let hit = if self.upper_threshold_ms == 0 {
-                duration_ms >= self.threshold_ms
+                duration_ms > self.threshold_ms
             } else {
                 self.threshold_ms < duration_ms && duration_ms <= self.upper_threshold_ms
             };
             if hit {
-                return Decision::Sampled;
+                return Ok(Decision::Sampled);
             }
         }
-        Decision::NotSampled
+        Ok(Decision::NotSampled)
     }
 }
 
@@ -92,6 +95,7 @@ mod tests {
         }
         .build()
         .evaluate(&t)
+        .unwrap()
     }
 
     #[test]
@@ -108,9 +112,9 @@ mod tests {
     }
 
     #[test]
-    fn the_lower_threshold_is_inclusive_without_an_upper_bound() {
-        assert_eq!(decide(100, 0, &[(1, 101)]), Decision::Sampled);
-        assert_eq!(decide(100, 0, &[(1, 100)]), Decision::NotSampled);
+    fn the_lower_threshold_is_exclusive_without_an_upper_bound_too() {
+        assert_eq!(decide(100, 0, &[(1, 102)]), Decision::Sampled);
+        assert_eq!(decide(100, 0, &[(1, 101)]), Decision::NotSampled);
     }
 
     #[test]
@@ -140,7 +144,7 @@ mod tests {
             upper_threshold_ms: 0,
         }
         .build();
-        assert_eq!(p.evaluate(&t), Decision::NotSampled);
+        assert_eq!(p.evaluate(&t), Ok(Decision::NotSampled));
     }
 
     #[test]

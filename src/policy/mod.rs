@@ -1,36 +1,117 @@
 //! Sampling policies: the Collector's `tail_sampling` policy types and its rule for combining
 //! their decisions into one.
 //!
-//! Policies are pure functions of a trace's data ([`TraceView`]): no I/O, evaluated once per trace
-//! at its deadline. A trace view is built from the buffered encoded spans; policies that need more
-//! than the summary fields read them from the span bytes. [`PolicySet::decide`] runs the policies
-//! in order and combines their answers exactly as the Collector does, counting each policy's
-//! answer in `otelcol_processor_tail_sampling_count_traces_sampled`.
+//! Policies are functions of a trace's data ([`TraceView`]): no I/O, evaluated once per trace at
+//! its deadline. A trace view is built from the buffered encoded spans; policies that need more
+//! than the summary fields read them from the span, resource and scope bytes ([`attributes`]).
+//! The only state any policy keeps is the budget of the rate limiters (`rate_limiting`,
+//! `bytes_limiting`, `composite`), which read the clock through `tokio::time` so tests can pause
+//! it.
+//!
+//! [`PolicySet::decide`] runs the policies in the Collector's order (every `drop` policy first,
+//! then the rest as configured) and combines their answers exactly as its `processor.go` does:
+//!
+//! - a policy that fails to evaluate is skipped (and counted in
+//!   `otelcol_processor_tail_sampling_sampling_policy_evaluation_error`);
+//! - evaluation stops at the first `Dropped`, and with `sample_on_first_match` at the first
+//!   `Sampled`;
+//! - then `Dropped` wins, then `InvertNotSampled`, then any `Sampled`, then `InvertSampled` if no
+//!   policy said `NotSampled`; anything else is not sampled.
+//!
+//! Each policy's answer is counted in `otelcol_processor_tail_sampling_count_traces_sampled` with
+//! the Collector's `policy`, `sampled` and `decision` labels.
+//!
+//! Config lives in `config.rs`: one struct per nesting level (top level, `and`/`drop` sub-policy,
+//! `not` sub-policy, `composite` sub-policy), each accepting the policy types the Collector accepts
+//! at that level, with `deny_unknown_fields` and errors carrying the full YAML path.
 
+mod and;
+pub mod attributes;
+mod boolean_attribute;
+mod bytes_limiting;
+mod composite;
+mod config;
+mod drop;
 mod latency;
+mod limiter;
+mod not;
+mod numeric_attribute;
+mod ottl;
 mod probabilistic;
+mod rate_limiting;
+mod regex_go;
+mod span_count;
 mod status_code;
+mod string_attribute;
+mod trace_flags;
+mod trace_state;
 
-use serde::Deserialize;
+use crate::wire::{Origin, SpanInfo, TraceId, WireError};
 
-use crate::config::{null_as_default, ConfigError};
-use crate::wire::{Origin, SpanInfo, TraceId};
-
+pub use and::AndConfig;
+pub use boolean_attribute::BooleanAttributeConfig;
+pub use bytes_limiting::BytesLimitingConfig;
+pub use composite::{CompositeConfig, RateAllocationConfig};
+pub use config::{
+    AndSubPolicyConfig, CompositeSubPolicyConfig, NotSubPolicyConfig, PolicyConfig, SUPPORTED_TYPES,
+};
+pub use drop::DropConfig;
 pub use latency::LatencyConfig;
+pub use not::NotConfig;
+pub use numeric_attribute::NumericAttributeConfig;
+pub use ottl::OttlConditionConfig;
 pub use probabilistic::{ProbabilisticConfig, ProbabilisticPolicy};
+pub use rate_limiting::RateLimitingConfig;
+pub use span_count::SpanCountConfig;
 pub use status_code::StatusCodeConfig;
+pub use string_attribute::StringAttributeConfig;
+pub use trace_state::TraceStateConfig;
 
 /// One policy's answer for one trace (the Collector's `samplingpolicy.Decision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Decision {
     NotSampled,
     Sampled,
-    /// An inverted match that did not match: keep unless something else says no.
+    /// The Collector's deprecated inverted "keep unless something else says no". No current
+    /// policy returns it (since Collector v0.156 `invert_match` answers plainly), but `not` passes
+    /// it through and the final rule still ranks it, as the Collector's does.
     InvertSampled,
-    /// An inverted match that matched: overrides `Sampled`.
+    /// The deprecated inverted "no", which overrides `Sampled`. See [`Decision::InvertSampled`].
     InvertNotSampled,
     /// A `drop` policy matched: overrides everything.
     Dropped,
+}
+
+impl Decision {
+    /// The value of the `sampled` metric label.
+    fn sampled_label(self) -> &'static str {
+        match self {
+            Decision::Sampled | Decision::InvertSampled => "true",
+            _ => "false",
+        }
+    }
+
+    /// The value of the `decision` metric label.
+    fn decision_label(self) -> &'static str {
+        match self {
+            Decision::Sampled | Decision::InvertSampled => "sampled",
+            Decision::NotSampled | Decision::InvertNotSampled => "not_sampled",
+            Decision::Dropped => "dropped",
+        }
+    }
+}
+
+/// Why a policy could not decide a trace. The policy is then skipped, as in the Collector.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    /// An attribute, event or status of a buffered span is not valid protobuf. (Only the fields
+    /// the buffer relies on are validated when spans arrive; the rest is read at decision time.)
+    #[error("malformed span data: {0}")]
+    Wire(#[from] WireError),
+    /// An `ottl_condition` failed at run time (division by zero, math on a string, ...) and its
+    /// `error_mode` is `propagate`.
+    #[error("OTTL condition `{condition}` failed: {message}")]
+    Ottl { condition: String, message: String },
 }
 
 /// The data a policy sees: every span buffered for the trace, in arrival order.
@@ -50,91 +131,30 @@ pub struct SpanRecord<'a> {
 
 /// A policy evaluator.
 pub trait Policy: Send + Sync {
-    fn evaluate(&self, trace: &TraceView<'_>) -> Decision;
-}
-
-/// `processors.tail_sampling.policies[i]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyConfig {
-    #[serde(default)]
-    pub name: String,
-    #[serde(rename = "type", default)]
-    pub kind: String,
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub latency: Option<LatencyConfig>,
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub status_code: Option<StatusCodeConfig>,
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub probabilistic: Option<ProbabilisticConfig>,
-}
-
-/// Policy types this build evaluates.
-pub const SUPPORTED_TYPES: &[&str] = &["always_sample", "latency", "probabilistic", "status_code"];
-
-impl PolicyConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        if self.name.is_empty() {
-            errors.push(ConfigError::new(
-                format!("{path}.name"),
-                "every policy needs a name",
-            ));
-        }
-        match self.kind.as_str() {
-            "always_sample" => {}
-            "latency" => self
-                .latency
-                .clone()
-                .unwrap_or_default()
-                .validate(&format!("{path}.latency"), errors),
-            "status_code" => self
-                .status_code
-                .clone()
-                .unwrap_or_default()
-                .validate(&format!("{path}.status_code"), errors),
-            "probabilistic" => self
-                .probabilistic
-                .clone()
-                .unwrap_or_default()
-                .validate(&format!("{path}.probabilistic"), errors),
-            "" => errors.push(ConfigError::new(
-                format!("{path}.type"),
-                "every policy needs a type",
-            )),
-            other => errors.push(ConfigError::new(
-                format!("{path}.type"),
-                format!(
-                    "policy type `{other}` is not supported; supported types: {}",
-                    SUPPORTED_TYPES.join(", ")
-                ),
-            )),
-        }
-    }
-
-    /// Builds the evaluator. Only called on validated config.
-    pub fn build(&self) -> Box<dyn Policy> {
-        match self.kind.as_str() {
-            "always_sample" => Box::new(AlwaysSample),
-            "latency" => Box::new(self.latency.clone().unwrap_or_default().build()),
-            "status_code" => Box::new(self.status_code.clone().unwrap_or_default().build()),
-            "probabilistic" => Box::new(self.probabilistic.clone().unwrap_or_default().build()),
-            other => unreachable!("policy type {other} passed validation"),
-        }
-    }
+    fn evaluate(&self, trace: &TraceView<'_>) -> Result<Decision, PolicyError>;
 }
 
 /// `always_sample`: keeps every trace.
 pub struct AlwaysSample;
 
 impl Policy for AlwaysSample {
-    fn evaluate(&self, _: &TraceView<'_>) -> Decision {
-        Decision::Sampled
+    fn evaluate(&self, _: &TraceView<'_>) -> Result<Decision, PolicyError> {
+        Ok(Decision::Sampled)
     }
 }
 
 /// Whether at least one span satisfies `condition`: the Collector's `hasSpanWithCondition`.
-pub fn any_span(trace: &TraceView<'_>, mut condition: impl FnMut(&SpanRecord<'_>) -> bool) -> bool {
-    trace.spans.iter().any(|s| condition(s))
+pub fn any_span(trace: &TraceView<'_>, condition: impl FnMut(&SpanRecord<'_>) -> bool) -> bool {
+    trace.spans.iter().any(condition)
+}
+
+/// `Sampled` when `matched`, else `NotSampled`.
+fn sampled_if(matched: bool) -> Decision {
+    if matched {
+        Decision::Sampled
+    } else {
+        Decision::NotSampled
+    }
 }
 
 /// The final decision for a trace.
@@ -149,17 +169,22 @@ struct NamedPolicy {
     policy: Box<dyn Policy>,
 }
 
-/// The configured policies, in order, with the combination rule.
+/// The configured policies, in evaluation order, with the combination rule.
 pub struct PolicySet {
     policies: Vec<NamedPolicy>,
     sample_on_first_match: bool,
 }
 
 impl PolicySet {
+    /// Builds the set from validated config. `drop` policies are moved to the front (keeping
+    /// their relative order), as the Collector does, so `sample_on_first_match` cannot skip them.
     pub fn new(configs: &[PolicyConfig], sample_on_first_match: bool) -> Self {
+        let (drops, others): (Vec<&PolicyConfig>, Vec<&PolicyConfig>) =
+            configs.iter().partition(|c| c.kind == "drop");
         Self {
-            policies: configs
-                .iter()
+            policies: drops
+                .into_iter()
+                .chain(others)
                 .map(|c| NamedPolicy {
                     name: c.name.clone(),
                     policy: c.build(),
@@ -180,21 +205,32 @@ impl PolicySet {
         }
     }
 
-    /// Runs the policies and combines their answers the Collector's way: any `Dropped` or
-    /// `InvertNotSampled` means not sampled; otherwise any `Sampled`, or an `InvertSampled`
-    /// with no plain `NotSampled`, means sampled.
+    /// Runs the policies and combines their answers the Collector's way (see the module docs).
     pub fn decide(&self, trace: &TraceView<'_>) -> FinalDecision {
         let mut seen = Seen::default();
         for p in &self.policies {
-            let decision = p.policy.evaluate(trace);
-            let sampled = matches!(decision, Decision::Sampled | Decision::InvertSampled);
+            let decision = match p.policy.evaluate(trace) {
+                Ok(decision) => decision,
+                Err(error) => {
+                    metrics::counter!(
+                        "otelcol_processor_tail_sampling_sampling_policy_evaluation_error"
+                    )
+                    .increment(1);
+                    tracing::debug!(policy = %p.name, %error, "sampling policy error");
+                    continue;
+                }
+            };
             metrics::counter!(
                 "otelcol_processor_tail_sampling_count_traces_sampled",
                 "policy" => p.name.clone(),
-                "sampled" => if sampled { "true" } else { "false" },
+                "sampled" => decision.sampled_label(),
+                "decision" => decision.decision_label(),
             )
             .increment(1);
             seen.record(decision);
+            if decision == Decision::Dropped {
+                break;
+            }
             if self.sample_on_first_match && decision == Decision::Sampled {
                 break;
             }
@@ -223,6 +259,8 @@ impl Seen {
         }
     }
 
+    /// The Collector's `makeDecision` switch: dropped, then inverted-not-sampled, then sampled,
+    /// then inverted-sampled without any plain not-sampled.
     fn combine(&self) -> FinalDecision {
         if self.dropped || self.invert_not_sampled {
             FinalDecision::NotSampled
@@ -235,63 +273,58 @@ impl Seen {
 }
 
 #[cfg(test)]
-pub(crate) mod testing {
-    //! Builders for trace views in policy table tests.
-    use super::*;
-    use crate::wire::status;
-
-    pub static NO_ORIGIN: std::sync::LazyLock<Origin> = std::sync::LazyLock::new(Origin::default);
-
-    /// A span summary with the given start/end (ns) and status code.
-    pub fn span(start: u64, end: u64, status_code: u8) -> SpanRecord<'static> {
-        SpanRecord {
-            origin: &NO_ORIGIN,
-            bytes: &[],
-            info: SpanInfo {
-                trace_id: [7; 16],
-                start_unix_nano: start,
-                end_unix_nano: end,
-                status_code: status_code as i32,
-                is_root: false,
-            },
-        }
-    }
-
-    pub fn trace(spans: Vec<SpanRecord<'static>>) -> TraceView<'static> {
-        TraceView {
-            trace_id: [7; 16],
-            spans,
-        }
-    }
-
-    pub const OK: u8 = status::OK;
-    pub const ERROR: u8 = status::ERROR;
-    pub const UNSET: u8 = status::UNSET;
-}
+pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
-    struct Fixed(Decision);
+    struct Fixed(Result<Decision, PolicyError>, Arc<AtomicUsize>);
     impl Policy for Fixed {
-        fn evaluate(&self, _: &TraceView<'_>) -> Decision {
-            self.0
+        fn evaluate(&self, _: &TraceView<'_>) -> Result<Decision, PolicyError> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.clone()
         }
     }
 
-    fn set(decisions: &[Decision], first_match: bool) -> PolicySet {
-        PolicySet {
-            policies: decisions
+    fn failing() -> Result<Decision, PolicyError> {
+        Err(PolicyError::Ottl {
+            condition: "x".into(),
+            message: "boom".into(),
+        })
+    }
+
+    fn set_of(
+        results: &[Result<Decision, PolicyError>],
+        first_match: bool,
+    ) -> (PolicySet, Vec<Arc<AtomicUsize>>) {
+        let counters: Vec<_> = results
+            .iter()
+            .map(|_| Arc::new(AtomicUsize::new(0)))
+            .collect();
+        let set = PolicySet {
+            policies: results
                 .iter()
+                .zip(&counters)
                 .enumerate()
-                .map(|(i, d)| NamedPolicy {
+                .map(|(i, (r, c))| NamedPolicy {
                     name: format!("p{i}"),
-                    policy: Box::new(Fixed(*d)),
+                    policy: Box::new(Fixed(r.clone(), Arc::clone(c))),
                 })
                 .collect(),
             sample_on_first_match: first_match,
-        }
+        };
+        (set, counters)
+    }
+
+    fn set(decisions: &[Decision], first_match: bool) -> PolicySet {
+        set_of(
+            &decisions.iter().map(|d| Ok(*d)).collect::<Vec<_>>(),
+            first_match,
+        )
+        .0
     }
 
     #[test]
@@ -321,6 +354,7 @@ mod tests {
         use Decision::*;
         let trace = testing::trace(vec![]);
         // Without first-match a later drop wins; with it, evaluation stops before the drop.
+        // (PolicySet::new puts drop policies first, so this order only arises in this test.)
         assert_eq!(
             set(&[Sampled, Dropped], false).decide(&trace),
             FinalDecision::NotSampled
@@ -329,6 +363,64 @@ mod tests {
             set(&[Sampled, Dropped], true).decide(&trace),
             FinalDecision::Sampled
         );
+        // An inverted "sampled" does not stop the evaluation; the later NotSampled then wins.
+        assert_eq!(
+            set(&[InvertSampled, NotSampled], true).decide(&trace),
+            FinalDecision::NotSampled
+        );
+    }
+
+    #[test]
+    fn evaluation_stops_at_the_first_dropped_decision() {
+        let trace = testing::trace(vec![]);
+        let (set, counters) = set_of(&[Ok(Decision::Dropped), Ok(Decision::Sampled)], false);
+        assert_eq!(set.decide(&trace), FinalDecision::NotSampled);
+        assert_eq!(counters[1].load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_policy_that_fails_is_skipped_and_does_not_decide() {
+        let trace = testing::trace(vec![]);
+        let cases: &[(Vec<Result<Decision, PolicyError>>, FinalDecision)] = &[
+            (vec![failing()], FinalDecision::NotSampled),
+            (
+                vec![failing(), Ok(Decision::Sampled)],
+                FinalDecision::Sampled,
+            ),
+            // The failure is not a "not sampled": an inverted sample still stands.
+            (
+                vec![Ok(Decision::InvertSampled), failing()],
+                FinalDecision::Sampled,
+            ),
+        ];
+        for (results, want) in cases {
+            assert_eq!(set_of(results, false).0.decide(&trace), *want);
+        }
+    }
+
+    #[test]
+    fn drop_policies_are_evaluated_first_whatever_their_position() {
+        let configs: Vec<PolicyConfig> = serde_yaml::from_str(
+            r#"
+- name: everything
+  type: always_sample
+- name: drop-all-errors
+  type: drop
+  drop:
+    drop_sub_policy:
+      - name: errors
+        type: status_code
+        status_code: {status_codes: [ERROR]}
+"#,
+        )
+        .unwrap();
+        let set = PolicySet::new(&configs, true);
+        assert_eq!(set.policies[0].name, "drop-all-errors");
+        let error = testing::trace(vec![testing::span(0, 1, testing::ERROR)]);
+        let ok = testing::trace(vec![testing::span(0, 1, testing::OK)]);
+        // With first-match, a sampled always_sample listed first would otherwise win.
+        assert_eq!(set.decide(&error), FinalDecision::NotSampled);
+        assert_eq!(set.decide(&ok), FinalDecision::Sampled);
     }
 
     #[test]
@@ -336,7 +428,7 @@ mod tests {
         let mut errors = vec![];
         PolicyConfig {
             name: "".into(),
-            kind: "numeric_attribute".into(),
+            kind: "span_kind_magic".into(),
             ..Default::default()
         }
         .validate("p[0]", &mut errors);
@@ -344,7 +436,7 @@ mod tests {
         assert!(text.iter().any(|e| e.starts_with("p[0].name")), "{text:?}");
         assert!(
             text.iter()
-                .any(|e| e.starts_with("p[0].type") && e.contains("numeric_attribute")),
+                .any(|e| e.starts_with("p[0].type") && e.contains("span_kind_magic")),
             "{text:?}"
         );
     }

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use super::{Decision, Policy, TraceView};
+use super::{sampled_if, Decision, Policy, PolicyError, TraceView};
 use crate::config::ConfigError;
 
 const DEFAULT_HASH_SALT: &str = "default-hash-seed";
@@ -63,12 +63,8 @@ impl ProbabilisticPolicy {
 }
 
 impl Policy for ProbabilisticPolicy {
-    fn evaluate(&self, trace: &TraceView<'_>) -> Decision {
-        if self.keeps(&trace.trace_id) {
-            Decision::Sampled
-        } else {
-            Decision::NotSampled
-        }
+    fn evaluate(&self, trace: &TraceView<'_>) -> Result<Decision, PolicyError> {
+        Ok(sampled_if(self.keeps(&trace.trace_id)))
     }
 }
 

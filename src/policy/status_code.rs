@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{any_span, Decision, Policy, TraceView};
+use super::{any_span, sampled_if, Decision, Policy, PolicyError, TraceView};
 use crate::config::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,12 +55,10 @@ pub struct StatusCodePolicy {
 }
 
 impl Policy for StatusCodePolicy {
-    fn evaluate(&self, trace: &TraceView<'_>) -> Decision {
-        if any_span(trace, |s| self.codes.contains(&s.info.status_code)) {
-            Decision::Sampled
-        } else {
-            Decision::NotSampled
-        }
+    fn evaluate(&self, trace: &TraceView<'_>) -> Result<Decision, PolicyError> {
+        Ok(sampled_if(any_span(trace, |s| {
+            self.codes.contains(&s.info.status_code)
+        })))
     }
 }
 
@@ -87,7 +85,11 @@ mod tests {
         ];
         for (codes, statuses, want) in cases {
             let t = trace(statuses.iter().map(|&s| span(0, 1, s)).collect());
-            assert_eq!(policy(codes).evaluate(&t), *want, "{codes:?} {statuses:?}");
+            assert_eq!(
+                policy(codes).evaluate(&t),
+                Ok(*want),
+                "{codes:?} {statuses:?}"
+            );
         }
     }
 

@@ -168,13 +168,25 @@ pub async fn serve_grpc(
     };
     let incoming = tokio_stream_listener(listener);
     tonic::transport::Server::builder()
+        // OTLP requests are large (hundreds of KB): small HTTP/2 windows made each request wait
+        // for several window updates.
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
         .await
 }
 
+/// Accepted connections, with Nagle's algorithm off: tonic's own `tcp_nodelay` setting does not
+/// apply to connections it is handed, and small HTTP/2 frames (window updates, responses) would
+/// otherwise wait for the peer's delayed ACK.
 fn tokio_stream_listener(
     listener: tokio::net::TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::wrappers::TcpListenerStream::new(listener)
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }

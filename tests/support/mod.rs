@@ -25,6 +25,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod dns;
 pub mod gateway;
 pub mod http;
 pub mod otlp;
