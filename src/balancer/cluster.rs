@@ -19,7 +19,11 @@
 //!   shutdown grace period. Only then does it stop receiving and exit.
 //! - **No loops.** Forwarded and handed-off requests carry the `tailgate-forwarded` header; a
 //!   sampler that is not leaving buffers such a request whatever its ring says, so two samplers
-//!   whose views briefly differ cannot bounce spans between them.
+//!   whose views briefly differ cannot bounce spans between them on every request.
+//! - **Convergence.** Every resolution interval a sweep hands off buffered traces this sampler
+//!   does not own (forwarded spans that arrived while views differed). Views converge within
+//!   one interval, so with `decision_wait` well above the interval every trace is whole at its
+//!   owner before its deadline.
 //!
 //! What this does not do: a handed-off trace's decision timer restarts at the new owner (it is
 //! decided up to one `decision_wait` later), and decisions already taken are not handed off (a
@@ -35,7 +39,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::resolver::{Resolver, ResolverConfig};
-use super::router::{validate_template, RoutingKey, Router};
+use super::ring::RoutingKey;
+use super::router::{validate_template, Router};
 use crate::buffer::TraceBuffer;
 use crate::config::{duration, ConfigError};
 use crate::exporter::{OtlpExporterConfig, RetryConfig, TlsClientConfig};
@@ -109,7 +114,19 @@ impl ClusterConfig {
             check_endpoint(&self.endpoint, &format!("{path}.endpoint"), errors);
         }
         self.resolver.validate(&format!("{path}.resolver"), errors);
-        validate_template(&self.protocol.otlp, &format!("{path}.protocol.otlp"), errors);
+        validate_template(
+            &self.protocol.otlp,
+            &format!("{path}.protocol.otlp"),
+            errors,
+        );
+    }
+
+    /// How often buffered traces owned elsewhere are handed off: the resolution interval.
+    fn sweep_interval(&self) -> Duration {
+        self.resolver
+            .dns
+            .as_ref()
+            .map_or(Duration::from_secs(1), |dns| dns.effective_interval())
     }
 
     fn quiet_period(&self) -> Duration {
@@ -117,7 +134,7 @@ impl ClusterConfig {
             self.resolver
                 .dns
                 .as_ref()
-                .map_or(Duration::from_secs(1), |dns| dns.interval * 2)
+                .map_or(Duration::from_secs(1), |dns| dns.effective_interval() * 2)
         })
     }
 }
@@ -130,12 +147,17 @@ pub struct Cluster {
     leaving: AtomicBool,
     peers: watch::Receiver<Vec<String>>,
     quiet_period: Duration,
+    sweep_interval: Duration,
     _resolver: Resolver,
 }
 
 impl Cluster {
     /// Starts resolving peers and handing off traces whenever the peer set changes.
-    pub fn start(config: &ClusterConfig, buffer: Arc<TraceBuffer>, shutdown: CancellationToken) -> Arc<Cluster> {
+    pub fn start(
+        config: &ClusterConfig,
+        buffer: Arc<TraceBuffer>,
+        shutdown: CancellationToken,
+    ) -> Arc<Cluster> {
         let (resolver, peers) = Resolver::start(&config.resolver, shutdown.clone());
         let router = Router::new(
             "tail_sampling/cluster",
@@ -150,20 +172,39 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             peers: peers.clone(),
             quiet_period: config.quiet_period(),
+            sweep_interval: config.sweep_interval(),
             _resolver: resolver,
         });
         let watcher = Arc::clone(&cluster);
-        tokio::spawn(async move { watcher.follow_peers(peers, shutdown).await });
+        tokio::spawn(async move {
+            let current = peers.borrow().clone();
+            watcher.apply_peers(&current).await;
+            watcher.follow_peers(peers, shutdown).await
+        });
         cluster
     }
 
-    async fn follow_peers(&self, mut peers: watch::Receiver<Vec<String>>, shutdown: CancellationToken) {
+    async fn follow_peers(
+        &self,
+        mut peers: watch::Receiver<Vec<String>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut sweep = tokio::time::interval(self.sweep_interval);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let endpoints = peers.borrow_and_update().clone();
-            self.apply_peers(&endpoints).await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                changed = peers.changed() => if changed.is_err() { return },
+                changed = peers.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let endpoints = peers.borrow_and_update().clone();
+                    self.apply_peers(&endpoints).await;
+                }
+                // Forwarded spans are buffered even when this sampler's ring names another owner
+                // (that is what stops two samplers with different views bouncing them). Once
+                // the views converge, a periodic sweep moves such traces to their owner.
+                _ = sweep.tick() => self.hand_off().await,
             }
         }
     }
@@ -203,22 +244,28 @@ impl Cluster {
     /// Splits a request: spans of traces this sampler owns are returned for buffering; the rest
     /// are forwarded to their owners. A forwarded request is kept whole unless this sampler is
     /// leaving.
-    pub async fn split(&self, mut request: ParsedRequest, body: &[u8], forwarded: bool) -> ParsedRequest {
+    pub async fn split(
+        &self,
+        mut request: ParsedRequest,
+        body: &[u8],
+        forwarded: bool,
+    ) -> ParsedRequest {
         let leaving = self.leaving.load(Ordering::SeqCst);
         if forwarded && !leaving {
             return request;
         }
-        let (mine, theirs): (Vec<SpanRef>, Vec<SpanRef>) =
-            request.spans.drain(..).partition(|s| self.owns(&s.info.trace_id));
+        let (mine, theirs): (Vec<SpanRef>, Vec<SpanRef>) = request
+            .spans
+            .drain(..)
+            .partition(|s| self.owns(&s.info.trace_id));
         if !theirs.is_empty() {
             let others = ParsedRequest {
                 origins: request.origins.clone(),
                 spans: theirs.clone(),
             };
             match self.router.route_request(others, body).await {
-                Ok(spans) => {
-                    metrics::counter!("tailgate_cluster_forwarded_spans_total").increment(spans as u64)
-                }
+                Ok(spans) => metrics::counter!("tailgate_cluster_forwarded_spans_total")
+                    .increment(spans as u64),
                 // No other peer is known: keep the spans here rather than lose them.
                 Err(_) => request.spans.extend(theirs),
             }
@@ -236,13 +283,23 @@ impl Cluster {
         let count = traces.len();
         match self.router.route_traces(traces).await {
             Ok(spans) => {
-                metrics::counter!("tailgate_cluster_handed_off_traces_total").increment(count as u64);
-                metrics::counter!("tailgate_cluster_handed_off_spans_total").increment(spans as u64);
-                tracing::info!(traces = count, spans, "handed off traces to their new owners");
+                metrics::counter!("tailgate_cluster_handed_off_traces_total")
+                    .increment(count as u64);
+                metrics::counter!("tailgate_cluster_handed_off_spans_total")
+                    .increment(spans as u64);
+                tracing::info!(
+                    traces = count,
+                    spans,
+                    "handed off traces to their new owners"
+                );
             }
             Err(_) => {
-                tracing::error!(traces = count, "no peer to hand traces off to; they are lost");
-                metrics::counter!("tailgate_spans_dropped_total", "reason" => "no_peer").increment(count as u64);
+                tracing::error!(
+                    traces = count,
+                    "no peer to hand traces off to; they are lost"
+                );
+                metrics::counter!("tailgate_spans_dropped_total", "reason" => "no_peer")
+                    .increment(count as u64);
             }
         }
     }
@@ -251,7 +308,12 @@ impl Cluster {
     /// resolver no longer lists this sampler and the quiet period has passed (or `deadline`).
     /// Returns false, leaving nothing handed off, when there is no other peer to leave to.
     pub async fn leave(&self, deadline: Instant) -> bool {
-        let others: Vec<String> = self.router.endpoints().into_iter().filter(|e| *e != self.me).collect();
+        let others: Vec<String> = self
+            .router
+            .endpoints()
+            .into_iter()
+            .filter(|e| *e != self.me)
+            .collect();
         if others.is_empty() {
             tracing::info!("no other sampler to hand off to; deciding buffered traces locally");
             return false;
@@ -262,7 +324,10 @@ impl Cluster {
         self.hand_off().await;
         let mut peers = self.peers.clone();
         while peers.borrow_and_update().contains(&self.me) {
-            if tokio::time::timeout_at(deadline, peers.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, peers.changed())
+                .await
+                .is_err()
+            {
                 tracing::warn!("still listed by the resolver at the end of the leave period");
                 return true;
             }

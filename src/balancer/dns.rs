@@ -246,7 +246,7 @@ pub fn parse_reply(packet: &[u8], name: &str, qtype: u16) -> Result<Reply, DnsEr
         pos = next + 4;
     }
 
-    // (owner, type, address or CNAME target)
+    // Answer records that matter: (owner name, address or CNAME target).
     enum Data {
         Address(IpAddr),
         Alias(String),

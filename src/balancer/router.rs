@@ -15,35 +15,18 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::resolver::ResolverConfig;
-use super::ring::Ring;
+use super::ring::{Ring, RoutingKey};
 use crate::buffer::{group_by_trace, Chunk};
 use crate::config::{ConfigError, ExporterConfig};
 use crate::exporter::batch::encode_chunks;
 use crate::exporter::{Exporter, OtlpExporterConfig};
 use crate::wire::{FieldReader, Origin, ParsedRequest, TraceId, Value};
 
-/// What picks a span's backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RoutingKey {
-    /// The 16 trace-ID bytes: every span of a trace goes to one backend.
-    TraceId,
-    /// The resource's `service.name`.
-    Service,
-}
-
 /// `exporters.loadbalancing.protocol`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProtocolConfig {
     pub otlp: OtlpExporterConfig,
-}
-
-impl Default for ProtocolConfig {
-    fn default() -> Self {
-        Self {
-            otlp: OtlpExporterConfig::default(),
-        }
-    }
 }
 
 /// `exporters.loadbalancing` (also `load_balancing`).
@@ -51,7 +34,7 @@ impl Default for ProtocolConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LoadBalancingConfig {
     /// `traceID` (default) or `service`.
-    pub routing_key: String,
+    pub routing_key: RoutingKey,
     pub protocol: ProtocolConfig,
     pub resolver: ResolverConfig,
 }
@@ -59,7 +42,7 @@ pub struct LoadBalancingConfig {
 impl Default for LoadBalancingConfig {
     fn default() -> Self {
         Self {
-            routing_key: "traceID".into(),
+            routing_key: RoutingKey::TraceId,
             protocol: ProtocolConfig::default(),
             resolver: ResolverConfig::default(),
         }
@@ -81,25 +64,12 @@ pub fn validate_template(template: &OtlpExporterConfig, path: &str, errors: &mut
 
 impl LoadBalancingConfig {
     pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        if self.routing_key().is_none() {
-            errors.push(ConfigError::new(
-                format!("{path}.routing_key"),
-                format!(
-                    "routing_key `{}` is not supported for traces; use traceID or service",
-                    self.routing_key
-                ),
-            ));
-        }
-        validate_template(&self.protocol.otlp, &format!("{path}.protocol.otlp"), errors);
+        validate_template(
+            &self.protocol.otlp,
+            &format!("{path}.protocol.otlp"),
+            errors,
+        );
         self.resolver.validate(&format!("{path}.resolver"), errors);
-    }
-
-    pub fn routing_key(&self) -> Option<RoutingKey> {
-        match self.routing_key.as_str() {
-            "traceID" | "" => Some(RoutingKey::TraceId),
-            "service" => Some(RoutingKey::Service),
-            _ => None,
-        }
     }
 }
 
@@ -176,10 +146,6 @@ impl Router {
             retire(exporter, self.drain_time());
         }
         tracing::info!(exporter = %self.name, backends = ?ring.endpoints(), "backend set changed");
-        metrics::gauge!("otelcol_loadbalancer_num_backends", "exporter" => self.name.clone())
-            .set(ring.endpoints().len() as f64);
-        metrics::counter!("otelcol_loadbalancer_num_backend_updates", "exporter" => self.name.clone())
-            .increment(1);
         routes.ring = ring;
         routes.backends = next;
         true
@@ -210,7 +176,11 @@ impl Router {
     }
 
     /// Routes a validated request's spans, one request per backend.
-    pub async fn route_request(&self, request: ParsedRequest, body: &[u8]) -> Result<usize, NoBackends> {
+    pub async fn route_request(
+        &self,
+        request: ParsedRequest,
+        body: &[u8],
+    ) -> Result<usize, NoBackends> {
         let spans = request.spans.len();
         let origins: Vec<Arc<Origin>> = request.origins.into_iter().map(Arc::new).collect();
         let keyed: Vec<(Vec<u8>, Chunk)> = match self.routing {
@@ -225,8 +195,12 @@ impl Router {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, origin)| {
-                    let ranges: Vec<(usize, usize)> =
-                        request.spans.iter().filter(|s| s.origin == i).map(|s| s.range).collect();
+                    let ranges: Vec<(usize, usize)> = request
+                        .spans
+                        .iter()
+                        .filter(|s| s.origin == i)
+                        .map(|s| s.range)
+                        .collect();
                     (!ranges.is_empty()).then(|| {
                         let key = service_name(origin).unwrap_or_default().into_bytes();
                         (key, Chunk::from_spans(Arc::clone(origin), body, &ranges))
@@ -239,7 +213,10 @@ impl Router {
     }
 
     /// Routes whole traces (a sampler handing off its buffer).
-    pub async fn route_traces(&self, traces: Vec<(TraceId, Vec<Chunk>)>) -> Result<usize, NoBackends> {
+    pub async fn route_traces(
+        &self,
+        traces: Vec<(TraceId, Vec<Chunk>)>,
+    ) -> Result<usize, NoBackends> {
         let keyed: Vec<(Vec<u8>, Chunk)> = traces
             .into_iter()
             .flat_map(|(id, chunks)| chunks.into_iter().map(move |c| (id.to_vec(), c)))
@@ -318,7 +295,9 @@ pub fn service_name(origin: &Origin) -> Option<String> {
     let resource = origin.resource.as_deref()?;
     let mut fields = FieldReader::new(resource);
     while let Ok(Some((field, value, _))) = fields.next() {
-        let (1, Value::Len(kv)) = (field, value) else { continue };
+        let (1, Value::Len(kv)) = (field, value) else {
+            continue;
+        };
         let (mut key, mut val) = (None, None);
         let mut kv_fields = FieldReader::new(kv);
         while let Ok(Some((f, v, _))) = kv_fields.next() {
@@ -383,8 +362,15 @@ mod tests {
             },
             ..Default::default()
         };
-        validate_template(&template, "exporters.loadbalancing.protocol.otlp", &mut errors);
+        validate_template(
+            &template,
+            "exporters.loadbalancing.protocol.otlp",
+            &mut errors,
+        );
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(errors[0].path, "exporters.loadbalancing.protocol.otlp.endpoint");
+        assert_eq!(
+            errors[0].path,
+            "exporters.loadbalancing.protocol.otlp.endpoint"
+        );
     }
 }

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
+use crate::balancer::ClusterConfig;
 use crate::config::{duration, ConfigError};
 use crate::policy::PolicyConfig;
 
@@ -32,6 +33,9 @@ pub struct TailSamplingConfig {
     /// At `num_traces`, refuse new spans with a retryable status (gRPC UNAVAILABLE, HTTP 503)
     /// instead of deciding the oldest trace early.
     pub block_on_overflow: bool,
+    /// tailgate extension: coordinate with the other samplers so traces stay whole while the
+    /// sampler set changes (see `balancer::cluster`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for TailSamplingConfig {
@@ -47,6 +51,7 @@ impl Default for TailSamplingConfig {
             decision_wait_after_root_received: Duration::ZERO,
             maximum_trace_size_bytes: 0,
             block_on_overflow: false,
+            cluster: None,
         }
     }
 }
@@ -83,6 +88,9 @@ impl TailSamplingConfig {
                 format!("{path}.policies"),
                 "at least one policy is required",
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(&format!("{path}.cluster"), errors);
         }
         let mut names = std::collections::HashSet::new();
         for (i, policy) in self.policies.iter().enumerate() {

@@ -22,6 +22,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::balancer::LoadBalancingConfig;
 use crate::buffer::TailSamplingConfig;
 use crate::exporter::{
     BatchConfig, DebugExporterConfig, FileExporterConfig, OtlpExporterConfig,
@@ -116,6 +117,7 @@ pub enum ExporterConfig {
     OtlpHttp(OtlpHttpExporterConfig),
     Debug(DebugExporterConfig),
     File(FileExporterConfig),
+    LoadBalancing(LoadBalancingConfig),
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +337,9 @@ impl Config {
                 "otlphttp" | "otlp_http" => parse_block(&path, value).map(ExporterConfig::OtlpHttp),
                 "debug" => parse_block(&path, value).map(ExporterConfig::Debug),
                 "file" => parse_block(&path, value).map(ExporterConfig::File),
+                "loadbalancing" | "load_balancing" => {
+                    parse_block(&path, value).map(ExporterConfig::LoadBalancing)
+                }
                 other => Err(unsupported("exporter", other, &path)),
             };
             if parsed.is_err() {
@@ -412,6 +417,7 @@ impl Config {
                 ExporterConfig::OtlpHttp(c) => c.validate(&path, &mut errors),
                 ExporterConfig::Debug(c) => c.validate(&path, &mut errors),
                 ExporterConfig::File(c) => c.validate(&path, &mut errors),
+                ExporterConfig::LoadBalancing(c) => c.validate(&path, &mut errors),
             }
         }
         for (id, extension) in &self.extensions {
@@ -506,6 +512,28 @@ impl Config {
                 errors.push(ConfigError::new(
                     format!("{base}.processors"),
                     "at most one tail_sampling and one batch processor per pipeline",
+                ));
+            }
+            let balancers = p
+                .exporters
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        self.exporters.get(*e),
+                        Some(ExporterConfig::LoadBalancing(_))
+                    )
+                })
+                .count();
+            if balancers > 0 && p.exporters.len() > 1 {
+                errors.push(ConfigError::new(
+                    format!("{base}.exporters"),
+                    "a front-tier pipeline has the loadbalancing exporter as its only exporter",
+                ));
+            }
+            if balancers > 0 && seen_tail_sampling > 0 {
+                errors.push(ConfigError::new(
+                    format!("{base}.processors"),
+                    "tail_sampling and loadbalancing do not go in one pipeline: run a front tier (loadbalancing) and a sampler tier (tail_sampling)",
                 ));
             }
             for (i, e) in p.exporters.iter().enumerate() {

@@ -299,6 +299,16 @@ pub struct Exporter {
 impl Exporter {
     /// Builds the transport and starts the queue workers.
     pub fn start(name: &str, config: &ExporterConfig) -> Result<Exporter, String> {
+        Self::start_with(name, config, None)
+    }
+
+    /// [`Exporter::start`] for one backend of the `loadbalancing` exporter: each send's outcome
+    /// is also counted in `otelcol_loadbalancer_backend_outcome{endpoint}`.
+    pub fn start_with(
+        name: &str,
+        config: &ExporterConfig,
+        backend: Option<Arc<str>>,
+    ) -> Result<Exporter, String> {
         let (transport, retry, queue) = match config {
             ExporterConfig::Otlp(c) => (
                 Transport::Grpc(grpc::GrpcTransport::new(c)?),
@@ -318,6 +328,9 @@ impl Exporter {
                 },
                 QueueConfig::default(),
             ),
+            ExporterConfig::LoadBalancing(_) => {
+                return Err("the loadbalancing exporter is run by the balancer".into())
+            }
             ExporterConfig::Debug(c) => (
                 Transport::Debug(file::DebugTransport::new(c)),
                 RetryConfig {
@@ -347,11 +360,16 @@ impl Exporter {
                 let name = Arc::clone(&name);
                 let retry = retry.clone();
                 let pending = Arc::clone(&pending_spans);
+                let backend = backend.clone();
                 tokio::spawn(async move {
                     loop {
                         let batch = { rx.lock().await.recv().await };
                         let Some(batch) = batch else { return };
-                        deliver(&name, &transport, &retry, &batch, worker as u64).await;
+                        let target = Target {
+                            name: &name,
+                            backend: backend.as_deref(),
+                        };
+                        deliver(target, &transport, &retry, &batch, worker as u64).await;
                         pending.fetch_sub(batch.spans, Ordering::Relaxed);
                     }
                 })
@@ -414,21 +432,38 @@ async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
     }
 }
 
+/// Who a batch is for: the exporter, and the balancer backend if it is one.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    name: &'a str,
+    backend: Option<&'a str>,
+}
+
 /// Sends one batch, retrying per the policy; counts the outcome.
 async fn deliver(
-    name: &str,
+    target: Target<'_>,
     transport: &Transport,
     retry: &RetryConfig,
     batch: &ExportBatch,
     seed: u64,
 ) {
+    let name = target.name;
     let mut backoff = retry::Backoff::new(
         retry,
         seed.wrapping_mul(0x9e37_79b9)
             .wrapping_add(batch.body.len() as u64),
     );
     loop {
-        match transport.send(batch).await {
+        let result = transport.send(batch).await;
+        if let Some(endpoint) = target.backend {
+            metrics::counter!(
+                "otelcol_loadbalancer_backend_outcome",
+                "endpoint" => endpoint.to_string(),
+                "success" => if result.is_ok() { "true" } else { "false" },
+            )
+            .increment(1);
+        }
+        match result {
             Ok(()) => {
                 metrics::counter!("otelcol_exporter_sent_spans", "exporter" => name.to_string())
                     .increment(batch.spans as u64);

@@ -82,14 +82,17 @@ impl UnaryService<Bytes> for ExportHandler {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let intake = Arc::clone(&self.0);
         Box::pin(async move {
+            let forwarded = request
+                .metadata()
+                .contains_key(crate::balancer::FORWARDED_HEADER);
             let body = request.into_inner();
-            match intake.accept(&body, "grpc").await {
+            match intake.accept(&body, "grpc", forwarded).await {
                 // An empty ExportTraceServiceResponse encodes to zero bytes.
                 Ok(_) => Ok(Response::new(Bytes::new())),
                 Err(e @ RefuseError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
-                Err(e @ (RefuseError::ShuttingDown | RefuseError::Full)) => {
-                    Err(Status::unavailable(e.to_string()))
-                }
+                Err(
+                    e @ (RefuseError::ShuttingDown | RefuseError::Full | RefuseError::NoBackends),
+                ) => Err(Status::unavailable(e.to_string())),
             }
         })
     }

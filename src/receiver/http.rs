@@ -130,7 +130,8 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
     } else {
         body
     };
-    match state.intake.accept(&body, "http").await {
+    let forwarded = headers.contains_key(crate::balancer::FORWARDED_HEADER);
+    match state.intake.accept(&body, "http", forwarded).await {
         Ok(_) => {
             let (content_type, payload) = match encoding {
                 // An empty ExportTraceServiceResponse.
@@ -142,7 +143,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         Err(e @ RefuseError::Malformed(_)) => {
             status_response(StatusCode::BAD_REQUEST, encoding, &e.to_string())
         }
-        Err(e @ (RefuseError::ShuttingDown | RefuseError::Full)) => {
+        Err(e @ (RefuseError::ShuttingDown | RefuseError::Full | RefuseError::NoBackends)) => {
             let mut response =
                 status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, &e.to_string());
             response.headers_mut().insert(

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 pub use grpc::{serve_grpc, RawBytesCodec, EXPORT_PATH};
 pub use http::serve_http;
 
+use crate::balancer::{Cluster, Router};
 use crate::buffer::{Chunk, Kept, TraceBuffer};
 use crate::config::{null_as_default, ConfigError};
 use crate::telemetry::check_endpoint;
@@ -136,10 +137,15 @@ impl OtlpReceiverConfig {
     }
 }
 
-/// Where accepted spans go: the tail-sampling buffer, or (a pipeline without `tail_sampling`)
-/// straight to export.
+/// Where accepted spans go: the tail-sampling buffer (via the cluster's ownership split when
+/// samplers coordinate), the front tier's router, or (a pipeline with neither) straight to
+/// export.
 pub enum Intake {
-    Sample(Arc<TraceBuffer>),
+    Sample {
+        buffer: Arc<TraceBuffer>,
+        cluster: Option<Arc<Cluster>>,
+    },
+    Balance(Arc<Router>),
     PassThrough(mpsc::Sender<Kept>),
 }
 
@@ -152,11 +158,19 @@ pub enum RefuseError {
     ShuttingDown,
     #[error("the trace buffer is full (num_traces reached with block_on_overflow); retry later")]
     Full,
+    #[error("no sampler is known yet to route to; retry later")]
+    NoBackends,
 }
 
 impl Intake {
     /// Validates a request body and hands its spans on. Returns the number of spans accepted.
-    pub async fn accept(&self, body: &[u8], transport: &'static str) -> Result<usize, RefuseError> {
+    /// `forwarded` marks a request from another sampler (the `tailgate-forwarded` header).
+    pub async fn accept(
+        &self,
+        body: &[u8],
+        transport: &'static str,
+        forwarded: bool,
+    ) -> Result<usize, RefuseError> {
         let parsed = match wire::parse_export_request(body) {
             Ok(p) => p,
             Err(e) => {
@@ -167,7 +181,18 @@ impl Intake {
         };
         let spans = parsed.spans.len();
         match self {
-            Intake::Sample(buffer) => {
+            Intake::Balance(router) => {
+                if router.route_request(parsed, body).await.is_err() {
+                    metrics::counter!("otelcol_receiver_refused_spans", "receiver" => "otlp", "transport" => transport)
+                        .increment(spans as u64);
+                    return Err(RefuseError::NoBackends);
+                }
+            }
+            Intake::Sample { buffer, cluster } => {
+                let parsed = match cluster {
+                    Some(cluster) => cluster.split(parsed, body, forwarded).await,
+                    None => parsed,
+                };
                 if buffer.ingest(parsed, body).await.is_err() {
                     metrics::counter!("otelcol_receiver_refused_spans", "receiver" => "otlp", "transport" => transport)
                         .increment(spans as u64);
