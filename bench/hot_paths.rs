@@ -72,11 +72,11 @@ fn span(seed: u64, trace: u64, index: usize) -> Span {
             ),
             kv("net.peer.port", IntValue(5432)),
             kv("thread.name", StringValue("tokio-runtime-worker-3".into())),
-            kv("cache.hit", BoolValue(index % 2 == 0)),
+            kv("cache.hit", BoolValue(index.is_multiple_of(2))),
             kv("customer.tier", StringValue("enterprise".into())),
         ],
         status: Some(Status {
-            code: if trace % 100 == 0 && index == 3 {
+            code: if trace.is_multiple_of(100) && index == 3 {
                 status::StatusCode::Error as i32
             } else {
                 0

@@ -400,7 +400,7 @@ pub fn put_varint(out: &mut impl BufMut, mut value: u64) {
 
 /// Bytes a varint of `value` takes.
 pub fn varint_len(value: u64) -> usize {
-    ((64 - (value | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Bytes a length-delimited field with a one-byte key and `len` bytes of payload takes.
@@ -536,7 +536,10 @@ mod tests {
         .encode_to_vec()
     }
 
-    fn request(resources: Vec<(Vec<u8>, Vec<Vec<Vec<u8>>>)>) -> Vec<u8> {
+    /// `(resource bytes, scopes)`, each scope a list of encoded spans.
+    type Resources = Vec<(Vec<u8>, Vec<Vec<Vec<u8>>>)>;
+
+    fn request(resources: Resources) -> Vec<u8> {
         views::ExportTraceServiceRequest {
             resource_spans: resources
                 .into_iter()

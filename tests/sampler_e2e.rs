@@ -463,7 +463,15 @@ async fn malformed_http_requests_get_the_right_status_and_the_gateway_keeps_serv
     zero.trace_id = vec![0; 16];
     let zero = otlp::request("api", vec![zero]).encode_to_vec();
 
-    let cases: Vec<(&str, &'static str, Option<&'static str>, Vec<u8>, u16)> = vec![
+    // (what, content type, content encoding, body, expected HTTP status)
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Vec<u8>,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
         (
             "garbage protobuf",
             "application/x-protobuf",

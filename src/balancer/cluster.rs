@@ -51,7 +51,7 @@ use crate::wire::{ParsedRequest, SpanRef};
 pub const FORWARDED_HEADER: &str = "tailgate-forwarded";
 
 /// `processors.tail_sampling.cluster`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// This sampler's `ip:port` exactly as the resolver lists it (e.g. `${env:POD_IP}:4317`).
@@ -88,17 +88,6 @@ impl Default for ClusterProtocol {
                 },
                 ..Default::default()
             },
-        }
-    }
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        Self {
-            endpoint: String::new(),
-            resolver: ResolverConfig::default(),
-            protocol: ClusterProtocol::default(),
-            leave_quiet_period: None,
         }
     }
 }

@@ -105,12 +105,15 @@ pub enum ReceiverConfig {
     Otlp(OtlpReceiverConfig),
 }
 
+// Config enums are built once at start-up; boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ProcessorConfig {
     TailSampling(TailSamplingConfig),
     Batch(BatchConfig),
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ExporterConfig {
     Otlp(OtlpExporterConfig),

@@ -55,7 +55,8 @@ pub fn encode_chunks(chunks: &[Chunk]) -> ExportBatch {
     type ResourceKey<'a> = (Option<&'a [u8]>, &'a [u8]);
     let mut resources: Vec<ResourceGroup<'_>> = Vec::new();
     let mut resource_index: HashMap<ResourceKey<'_>, usize> = HashMap::new();
-    let mut scope_index: HashMap<(usize, Option<&[u8]>, &[u8]), usize> = HashMap::new();
+    type ScopeKey<'a> = (usize, Option<&'a [u8]>, &'a [u8]);
+    let mut scope_index: HashMap<ScopeKey<'_>, usize> = HashMap::new();
     let mut spans = 0;
     for chunk in chunks {
         spans += chunk.spans as usize;

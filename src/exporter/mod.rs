@@ -266,7 +266,8 @@ impl OtlpHttpExporterConfig {
     }
 }
 
-/// A way to deliver one batch.
+/// A way to deliver one batch. Built once per exporter, so variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Transport {
     Grpc(grpc::GrpcTransport),
     Http(http::HttpTransport),
