@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn flags_parse_into_commands() {
         assert!(
-            matches!(parse_args(&args(&["--config", "a.yaml"])), Ok(Command::Run(p)) if p == PathBuf::from("a.yaml"))
+            matches!(parse_args(&args(&["--config", "a.yaml"])), Ok(Command::Run(p)) if p.as_path() == std::path::Path::new("a.yaml"))
         );
         assert!(matches!(
             parse_args(&args(&["validate", "--config=b.yaml"])),
