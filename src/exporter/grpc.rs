@@ -12,12 +12,15 @@ use super::retry::{grpc_code_is_retryable, SendError};
 use super::{ExportBatch, OtlpExporterConfig};
 use crate::receiver::{RawBytesCodec, EXPORT_PATH};
 
-/// `host:port` or `http://host:port` as a URI tonic can dial.
-pub fn endpoint_uri(endpoint: &str) -> Result<String, String> {
-    let uri = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
+/// `host:port`, `http://host:port` or `https://host:port` as a URI tonic can dial, with the
+/// scheme saying whether TLS is used: TLS unless `insecure` (or the endpoint says `http://`),
+/// always for `https://`, as the Collector's gRPC client does.
+pub fn endpoint_uri(endpoint: &str, insecure: bool) -> Result<String, String> {
+    let uri = match endpoint.split_once("://") {
+        Some(("http", rest)) if !insecure => format!("https://{rest}"),
+        Some(_) => endpoint.to_string(),
+        None if insecure => format!("http://{endpoint}"),
+        None => format!("https://{endpoint}"),
     };
     let parsed: http::Uri = uri.parse().map_err(|e| format!("{e}"))?;
     if parsed.host().is_none() || parsed.port_u16().is_none() {
@@ -35,12 +38,22 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     pub fn new(config: &OtlpExporterConfig) -> Result<Self, String> {
-        let uri = endpoint_uri(&config.endpoint)?;
-        // Lazy: the daemon starts, and queues, while the backend is still down.
-        let channel = Endpoint::from_shared(uri)
+        let uri = endpoint_uri(&config.endpoint, config.tls.insecure)?;
+        let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|e| e.to_string())?
-            .connect_timeout(config.timeout)
-            .connect_lazy();
+            .connect_timeout(config.timeout);
+        if uri.starts_with("https://") {
+            let host = uri
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_string))
+                .unwrap_or_default();
+            endpoint = endpoint
+                .tls_config(super::tls::grpc_client_tls(&config.tls, &host)?)
+                .map_err(|e| format!("TLS: {e}"))?;
+        }
+        // Lazy: the daemon starts, and queues, while the backend is still down.
+        let channel = endpoint.connect_lazy();
         let mut metadata = MetadataMap::new();
         for (name, value) in &config.headers {
             let key = MetadataKey::from_bytes(name.to_ascii_lowercase().as_bytes())
@@ -170,12 +183,13 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_accept_host_port_and_http_urls() {
-        assert_eq!(endpoint_uri("tempo:4317").unwrap(), "http://tempo:4317");
-        assert_eq!(
-            endpoint_uri("http://127.0.0.1:4317").unwrap(),
-            "http://127.0.0.1:4317"
-        );
-        assert!(endpoint_uri("tempo").is_err());
+    fn the_scheme_follows_tls_insecure_like_the_collector() {
+        let uri = |e, insecure| endpoint_uri(e, insecure).unwrap();
+        assert_eq!(uri("tempo:4317", true), "http://tempo:4317");
+        assert_eq!(uri("tempo:4317", false), "https://tempo:4317");
+        assert_eq!(uri("http://127.0.0.1:4317", true), "http://127.0.0.1:4317");
+        assert_eq!(uri("http://tempo:4317", false), "https://tempo:4317");
+        assert_eq!(uri("https://tempo:443", true), "https://tempo:443");
+        assert!(endpoint_uri("tempo", true).is_err());
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
@@ -14,7 +15,7 @@ use super::retry::{http_status_is_retryable, SendError};
 use super::{ExportBatch, OtlpHttpExporterConfig};
 
 pub struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: http::Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
     compression: String,
@@ -35,8 +36,15 @@ impl HttpTransport {
         }
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.timeout));
+        connector.enforce_http(false);
+        // TLS for https:// URLs (the Collector's rule for otlphttp), plain HTTP otherwise.
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(super::tls::rustls_client_config(&config.tls)?)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(https),
             url,
             headers,
             compression: config.compression.clone(),

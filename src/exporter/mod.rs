@@ -14,6 +14,7 @@ mod file;
 mod grpc;
 mod http;
 pub mod retry;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,15 +41,20 @@ pub struct ExportBatch {
     pub spans: usize,
 }
 
-/// `tls` of an exporter. tailgate speaks plaintext to backends for now (see README).
+/// `tls` of an exporter, as in the Collector: gRPC uses TLS unless `insecure: true` (an
+/// `https://` endpoint always does); HTTP uses TLS for `https://` URLs.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsClientConfig {
     pub insecure: bool,
     pub insecure_skip_verify: bool,
+    /// PEM file of the CA(s) to trust instead of the bundled Mozilla roots.
     pub ca_file: String,
+    /// PEM client certificate and key, for mutual TLS.
     pub cert_file: String,
     pub key_file: String,
+    /// The name to verify the server's certificate against, instead of the endpoint's host.
+    pub server_name_override: String,
 }
 
 /// `sending_queue`, with the Collector's defaults.
@@ -167,29 +173,6 @@ fn validate_common(
     }
 }
 
-/// Plain-text transport only, for now: a config that asks for TLS is refused rather than sent
-/// in the clear.
-fn validate_plaintext(
-    path: &str,
-    endpoint: &str,
-    tls: &TlsClientConfig,
-    grpc: bool,
-    errors: &mut Vec<ConfigError>,
-) {
-    let https = endpoint.starts_with("https://");
-    let wants_tls = if grpc { !tls.insecure || https } else { https };
-    if wants_tls {
-        errors.push(ConfigError::new(
-            format!("{path}.tls"),
-            if grpc {
-                "TLS to backends is not supported yet: set `tls: {insecure: true}` (and a plain host:port or http:// endpoint)"
-            } else {
-                "TLS to backends is not supported yet: use an http:// endpoint"
-            },
-        ));
-    }
-}
-
 impl OtlpExporterConfig {
     pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.endpoint.is_empty() {
@@ -197,7 +180,7 @@ impl OtlpExporterConfig {
                 format!("{path}.endpoint"),
                 "endpoint is required",
             ));
-        } else if grpc::endpoint_uri(&self.endpoint).is_err() {
+        } else if grpc::endpoint_uri(&self.endpoint, self.tls.insecure).is_err() {
             errors.push(ConfigError::new(
                 format!("{path}.endpoint"),
                 format!(
@@ -206,7 +189,7 @@ impl OtlpExporterConfig {
                 ),
             ));
         }
-        validate_plaintext(path, &self.endpoint, &self.tls, true, errors);
+        self.tls.validate(&format!("{path}.tls"), errors);
         validate_common(
             path,
             &self.compression,
@@ -245,7 +228,7 @@ impl OtlpHttpExporterConfig {
                 ),
             ));
         }
-        validate_plaintext(path, &url, &self.tls, false, errors);
+        self.tls.validate(&format!("{path}.tls"), errors);
         validate_common(
             path,
             &self.compression,
