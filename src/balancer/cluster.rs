@@ -44,7 +44,6 @@ use super::router::{validate_template, Router};
 use crate::buffer::TraceBuffer;
 use crate::config::{duration, ConfigError};
 use crate::exporter::{OtlpExporterConfig, RetryConfig, TlsClientConfig};
-use crate::telemetry::check_endpoint;
 use crate::wire::{ParsedRequest, SpanRef};
 
 /// The header marking sampler-to-sampler requests.
@@ -54,7 +53,8 @@ pub const FORWARDED_HEADER: &str = "tailgate-forwarded";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// This sampler's `ip:port` exactly as the resolver lists it (e.g. `${env:POD_IP}:4317`).
+    /// This sampler exactly as the resolver lists it: `ip:port` when the resolver has a `port`
+    /// (e.g. `${env:POD_IP}:4317`), the bare IP when it has none.
     pub endpoint: String,
     pub resolver: ResolverConfig,
     /// The OTLP exporter template for sampler-to-sampler traffic.
@@ -99,8 +99,6 @@ impl ClusterConfig {
                 format!("{path}.endpoint"),
                 "endpoint (this sampler's ip:port as its peers resolve it) is required",
             ));
-        } else {
-            check_endpoint(&self.endpoint, &format!("{path}.endpoint"), errors);
         }
         self.resolver.validate(&format!("{path}.resolver"), errors);
         validate_template(

@@ -157,7 +157,9 @@ impl Router {
 
     fn start_backend(&self, endpoint: &str) -> Result<Exporter, String> {
         let mut config = self.template.clone();
-        config.endpoint = endpoint.to_string();
+        // The ring keeps the resolver's strings as they are (bare IPs when `port` is unset, as
+        // in the Collector); connections default to port 4317.
+        config.endpoint = super::resolver::endpoint_with_port(endpoint);
         Exporter::start_with(
             &format!("{}/{endpoint}", self.name),
             &ExporterConfig::Otlp(config),
