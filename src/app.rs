@@ -79,6 +79,12 @@ fn start_stages(
     let pipeline = config.traces_pipeline();
     if let [name] = pipeline.exporters.as_slice() {
         if let ExporterConfig::LoadBalancing(lb) = &config.exporters[name] {
+            if !pipeline.processors.is_empty() {
+                tracing::info!(
+                    processors = ?pipeline.processors,
+                    "the batch processor has no effect in a front-tier pipeline: each request's spans are routed, one request per sampler, as they arrive"
+                );
+            }
             let routing = lb.routing_key;
             let router = Arc::new(Router::new(name, routing, lb.protocol.otlp.clone(), &[]));
             let (resolver, mut endpoints) = Resolver::start(&lb.resolver, background.clone());
