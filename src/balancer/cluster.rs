@@ -268,8 +268,12 @@ impl Cluster {
             return;
         }
         let count = traces.len();
+        let spans: usize = traces
+            .iter()
+            .flat_map(|(_, chunks)| chunks.iter().map(|c| c.spans as usize))
+            .sum();
         match self.router.route_traces(traces).await {
-            Ok(spans) => {
+            Ok(_) => {
                 metrics::counter!("tailgate_cluster_handed_off_traces_total")
                     .increment(count as u64);
                 metrics::counter!("tailgate_cluster_handed_off_spans_total")
@@ -281,12 +285,10 @@ impl Cluster {
                 );
             }
             Err(_) => {
-                tracing::error!(
-                    traces = count,
-                    "no peer to hand traces off to; they are lost"
-                );
+                // Only reachable if every peer vanished between the ownership check and here.
                 metrics::counter!("tailgate_spans_dropped_total", "reason" => "no_peer")
-                    .increment(count as u64);
+                    .increment(spans as u64);
+                tracing::error!(traces = count, spans, "no peer to hand traces off to; dropped (counted in tailgate_spans_dropped_total)");
             }
         }
     }
