@@ -99,6 +99,14 @@ impl ClusterConfig {
                 format!("{path}.endpoint"),
                 "endpoint (this sampler's ip:port as its peers resolve it) is required",
             ));
+        } else if self.endpoint.starts_with(':') {
+            errors.push(ConfigError::new(
+                format!("{path}.endpoint"),
+                format!(
+                    "endpoint `{}` has no host (is the environment variable it comes from unset?)",
+                    self.endpoint
+                ),
+            ));
         }
         self.resolver.validate(&format!("{path}.resolver"), errors);
         validate_template(

@@ -1,0 +1,763 @@
+//! Checks everything under `deploy/` with no cluster, no Docker and no network:
+//!
+//! - every tailgate config passes the real binary's `tailgate validate` (with `POD_IP` and the
+//!   compose samplers' `TAILGATE_CLUSTER_ENDPOINT` set to dummy values);
+//! - `deploy/compose/docker-compose.yaml` matches the Compose Specification's JSON schema, with
+//!   `check-jsonschema --builtin-schema vendor.compose-spec` (the schema ships inside the
+//!   check-jsonschema package);
+//! - every Kubernetes manifest matches the Kubernetes OpenAPI schemas of the oldest and newest
+//!   Kubernetes versions we support, with `kubernetes-validate --strict` (the schemas ship inside
+//!   the package; `--strict` rejects unknown fields);
+//! - the pieces agree with each other: balancers and samplers resolve the same sampler set, each
+//!   sampler's `cluster.endpoint` is on it, the kustomization lists every manifest, the
+//!   Kubernetes grace periods cover `service.shutdown_grace_period`.
+//!
+//! Each validator also gets a deliberately broken input that it must reject, so a validator that
+//! stopped checking (or a wrapper that stopped reading its verdict) fails here too.
+//!
+//! The two validators are Python packages pinned in `tests/clients/requirements.txt` and run from
+//! `.venv/bin/` (or beside `$TAILGATE_TEST_PYTHON`), which `tests/run.sh` sets up. Without them a
+//! test prints `SKIPPED` and passes, except under CI (`CI` set), where it fails.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+/// Kubernetes versions the manifests must be valid for: the oldest we support (the balancer's
+/// `preStop.sleep` action is on by default from 1.30) and the newest kubernetes-validate bundles.
+const KUBERNETES_VERSIONS: &[&str] = &["1.30.0", "1.37.0"];
+
+/// Dummy values for the environment variables the deploy configs expand.
+const CONFIG_ENV: &[(&str, &str)] = &[
+    ("POD_IP", "10.0.0.1"),
+    ("TAILGATE_CLUSTER_ENDPOINT", "sampler-1:4317"),
+];
+
+/// YAML files in `deploy/` that configure third-party software (Tempo, Grafana): no schema of
+/// theirs is available offline, so they are only parsed and checked to be mounted by compose.
+const THIRD_PARTY: &[&str] = &["compose/tempo.yaml", "compose/grafana-datasources.yaml"];
+
+// ---------------------------------------------------------------------------------------------
+// Finding and classifying the files
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn deploy_dir() -> PathBuf {
+    repo().join("deploy")
+}
+
+/// What a YAML file under `deploy/` is, and so how it is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    TailgateConfig,
+    Compose,
+    KubernetesManifest,
+    Kustomization,
+    ThirdParty,
+}
+
+/// Every `.yaml`/`.yml` under `deploy/`, sorted, with its kind. A file that fits no kind fails
+/// the test: a new file must be checked by something.
+fn deploy_yaml_files() -> Vec<(PathBuf, Kind)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path
+                .extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+            {
+                out.push(path);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(&deploy_dir(), &mut paths);
+    paths.sort();
+    assert!(!paths.is_empty(), "no YAML files under deploy/");
+    paths
+        .into_iter()
+        .map(|path| {
+            let kind = classify(&path);
+            (path, kind)
+        })
+        .collect()
+}
+
+fn classify(path: &Path) -> Kind {
+    let relative = path.strip_prefix(deploy_dir()).unwrap();
+    let name = relative.to_string_lossy().replace('\\', "/");
+    if THIRD_PARTY.contains(&name.as_str()) {
+        return Kind::ThirdParty;
+    }
+    let docs = load_yaml(path);
+    let has = |key: &str| docs.iter().all(|doc| doc.get(key).is_some());
+    if name == "kubernetes/kustomization.yaml" {
+        Kind::Kustomization
+    } else if has("receivers") && has("service") {
+        Kind::TailgateConfig
+    } else if name.starts_with("compose/") && has("services") {
+        Kind::Compose
+    } else if name.starts_with("kubernetes/") && has("apiVersion") && has("kind") {
+        Kind::KubernetesManifest
+    } else {
+        panic!(
+            "deploy/{name} is neither a tailgate config, a compose file, a Kubernetes manifest \
+             nor a listed third-party config: teach tests/deploy_manifests.rs to check it"
+        )
+    }
+}
+
+fn files_of(kind: Kind) -> Vec<PathBuf> {
+    let files: Vec<PathBuf> = deploy_yaml_files()
+        .into_iter()
+        .filter(|(_, k)| *k == kind)
+        .map(|(path, _)| path)
+        .collect();
+    assert!(!files.is_empty(), "no {kind:?} files under deploy/");
+    files
+}
+
+/// Every YAML document in a file (empty documents dropped), with merge keys (`<<: *anchor`)
+/// applied as compose applies them.
+fn load_yaml(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let mut value = Value::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+            value
+                .apply_merge()
+                .unwrap_or_else(|e| panic!("{}: merge keys: {e}", path.display()));
+            value
+        })
+        .filter(|value| !value.is_null())
+        .collect()
+}
+
+fn load_one(path: &Path) -> Value {
+    let mut docs = load_yaml(path);
+    assert_eq!(docs.len(), 1, "{} should hold one document", path.display());
+    docs.remove(0)
+}
+
+/// `value` at a dotted path of mapping keys; panics naming the path when absent.
+fn at<'a>(value: &'a Value, path: &str, file: &Path) -> &'a Value {
+    path.split('.').fold(value, |v, key| {
+        v.get(key)
+            .unwrap_or_else(|| panic!("{}: no `{path}` (missing `{key}`)", file.display()))
+    })
+}
+
+fn string_at(value: &Value, path: &str, file: &Path) -> String {
+    match at(value, path, file) {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        other => panic!("{}: `{path}` is not a string: {other:?}", file.display()),
+    }
+}
+
+/// A Go duration as the deploy configs write them (`45s`, `1m`, `1m30s`), in seconds.
+fn seconds(duration: &str) -> u64 {
+    let mut total = 0;
+    let mut number = String::new();
+    for c in duration.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            'h' | 'm' | 's' => {
+                let n: u64 = number
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad duration {duration}"));
+                total += n * match c {
+                    'h' => 3600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                number.clear();
+            }
+            _ => panic!("duration `{duration}`: only whole h/m/s are understood here"),
+        }
+    }
+    assert!(number.is_empty(), "duration `{duration}` lacks a unit");
+    total
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the validators
+
+fn describe(output: &Output) -> String {
+    format!(
+        "exit status: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn run(command: &mut Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {command:?}: {e}"))
+}
+
+/// `tailgate validate --config <path>` with `env` set (and nothing else of ours).
+fn tailgate_validate(path: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tailgate"));
+    command.args(["validate", "--config"]).arg(path);
+    for (name, _) in CONFIG_ENV {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    run(&mut command)
+}
+
+/// A validator installed from `tests/clients/requirements.txt` into the test venv, or `None`
+/// (with a SKIPPED message) when it is missing outside CI. Under CI a missing validator fails.
+fn venv_tool(name: &str) -> Option<PathBuf> {
+    let bin = match std::env::var_os("TAILGATE_TEST_PYTHON") {
+        Some(python) => PathBuf::from(python)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        None => repo().join(".venv/bin"),
+    };
+    let tool = bin.join(name);
+    if tool.is_file() {
+        return Some(tool);
+    }
+    let hint = "python3 -m venv .venv && .venv/bin/pip install -r tests/clients/requirements.txt \
+                (tests/run.sh does this)";
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "CI has no {} to validate deploy/ with; install it: {hint}",
+            tool.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: validating deploy/ needs {}; install it: {hint}",
+        tool.display()
+    );
+    None
+}
+
+/// Validates a compose file against the Compose Specification schema bundled in check-jsonschema.
+fn check_compose(tool: &Path, file: &Path) -> Result<String, String> {
+    let output = run(Command::new(tool)
+        .args(["--builtin-schema", "vendor.compose-spec"])
+        .arg(file));
+    if output.status.success() {
+        Ok(describe(&output))
+    } else {
+        Err(describe(&output))
+    }
+}
+
+/// Validates Kubernetes manifests with kubernetes-validate, strictly, for every version in
+/// [`KUBERNETES_VERSIONS`]. kubernetes-validate only warns (and exits 0) about a kind it has no
+/// schema for, so a warning counts as a failure here: a misspelt `kind` must not pass.
+fn check_kubernetes(tool: &Path, files: &[PathBuf]) -> Result<String, String> {
+    let mut command = Command::new(tool);
+    command.args(["--strict", "--quiet"]);
+    for version in KUBERNETES_VERSIONS {
+        command.args(["--kubernetes-version", version]);
+    }
+    let output = run(command.args(files));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let complaints = stdout.lines().any(|line| {
+        ["WARN", "ERROR", "FATAL"]
+            .iter()
+            .any(|w| line.starts_with(w))
+    });
+    if output.status.success() && !complaints {
+        Ok(describe(&output))
+    } else {
+        Err(describe(&output))
+    }
+}
+
+fn temp_yaml(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file.flush().unwrap();
+    file
+}
+
+// ---------------------------------------------------------------------------------------------
+// tailgate configs
+
+#[test]
+fn every_tailgate_config_in_deploy_passes_tailgate_validate() {
+    let configs = files_of(Kind::TailgateConfig);
+    let mut failures = Vec::new();
+    for config in &configs {
+        let output = tailgate_validate(config, CONFIG_ENV);
+        if !output.status.success() {
+            failures.push(format!("{}:\n{}", config.display(), describe(&output)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "invalid configs:\n{}",
+        failures.join("\n")
+    );
+    // Both tiers of both deployments, so a rename cannot silently drop one from the check.
+    let names: BTreeSet<String> = configs
+        .iter()
+        .map(|p| p.strip_prefix(deploy_dir()).unwrap().display().to_string())
+        .collect();
+    for expected in [
+        "compose/balancer.yaml",
+        "compose/sampler.yaml",
+        "kubernetes/config/balancer.yaml",
+        "kubernetes/config/sampler.yaml",
+    ] {
+        assert!(
+            names.contains(expected),
+            "deploy/{expected} was not checked: {names:?}"
+        );
+    }
+}
+
+#[test]
+fn tailgate_validate_rejects_a_broken_config_and_names_the_path() {
+    let broken = temp_yaml(
+        "receivers:
+  otlp:
+    protocols:
+      grpc:
+processors:
+  tail_sampling:
+    policies:
+      - name: slow
+        type: latency
+        latency: {threshol_ms: 2000}
+exporters:
+  debug:
+service:
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [tail_sampling]
+      exporters: [debug]
+",
+    );
+    let output = tailgate_validate(broken.path(), CONFIG_ENV);
+    assert!(
+        !output.status.success(),
+        "accepted a broken config:\n{}",
+        describe(&output)
+    );
+    let text = describe(&output);
+    assert!(
+        text.contains("processors.tail_sampling.policies[0].latency"),
+        "the error does not name the YAML path:\n{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compose
+
+#[test]
+fn compose_file_matches_the_compose_specification() {
+    let Some(tool) = venv_tool("check-jsonschema") else {
+        return;
+    };
+    for file in files_of(Kind::Compose) {
+        if let Err(report) = check_compose(&tool, &file) {
+            panic!(
+                "{} does not match the compose spec:\n{report}",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn compose_schema_check_rejects_a_broken_compose_file() {
+    let Some(tool) = venv_tool("check-jsonschema") else {
+        return;
+    };
+    for (what, text) in [
+        (
+            "an unknown service key",
+            "services:\n  tempo:\n    imagee: grafana/tempo\n",
+        ),
+        (
+            "ports as a number",
+            "services:\n  tempo:\n    image: x\n    ports: 4317\n",
+        ),
+        (
+            "depends_on as a string",
+            "services:\n  a:\n    image: x\n    depends_on: b\n",
+        ),
+    ] {
+        let broken = temp_yaml(text);
+        if let Ok(report) = check_compose(&tool, broken.path()) {
+            panic!("check-jsonschema accepted {what}:\n{report}");
+        }
+    }
+}
+
+#[test]
+fn compose_balancer_and_samplers_agree_on_the_sampler_set() {
+    let dir = deploy_dir().join("compose");
+    let compose_file = dir.join("docker-compose.yaml");
+    let compose = load_one(&compose_file);
+    let services = at(&compose, "services", &compose_file)
+        .as_mapping()
+        .expect("services is a mapping");
+
+    // Every file a service mounts from this directory exists; collect who mounts what.
+    let mut mounts = Vec::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap().to_string();
+        for volume in service
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+        {
+            let Some(spec) = volume.as_str() else {
+                continue;
+            };
+            let Some(source) = spec.split(':').next().filter(|s| s.starts_with("./")) else {
+                continue;
+            };
+            let path = dir.join(source);
+            assert!(
+                path.is_file(),
+                "service {name} mounts {source}, which does not exist"
+            );
+            mounts.push((name.clone(), source.trim_start_matches("./").to_string()));
+        }
+    }
+    for third_party in THIRD_PARTY.iter().filter(|f| f.starts_with("compose/")) {
+        let file = third_party.trim_start_matches("compose/");
+        assert!(
+            mounts.iter().any(|(_, source)| source == file),
+            "deploy/{third_party} is mounted by no service"
+        );
+    }
+
+    let balancer_file = dir.join("balancer.yaml");
+    let sampler_file = dir.join("sampler.yaml");
+    let balancer = load_one(&balancer_file);
+    let sampler = load_one(&sampler_file);
+    let ring = at(
+        &balancer,
+        "exporters.loadbalancing.resolver",
+        &balancer_file,
+    );
+    assert_eq!(
+        ring,
+        at(
+            &sampler,
+            "processors.tail_sampling.cluster.resolver",
+            &sampler_file
+        ),
+        "the balancer and the samplers must resolve the same sampler set"
+    );
+    let hostnames: BTreeSet<String> = at(ring, "static.hostnames", &balancer_file)
+        .as_sequence()
+        .expect("static.hostnames is a list")
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .collect();
+
+    // Each sampler service is on the ring under its own name, and its config validates with the
+    // environment compose gives it.
+    let samplers: Vec<&str> = mounts
+        .iter()
+        .filter(|(_, source)| source == "sampler.yaml")
+        .map(|(name, _)| name.as_str())
+        .collect();
+    assert!(
+        samplers.len() >= 2,
+        "expected several sampler services, found {samplers:?}"
+    );
+    let mut endpoints = BTreeSet::new();
+    for name in &samplers {
+        let service = &services[*name];
+        let endpoint = string_at(
+            service,
+            "environment.TAILGATE_CLUSTER_ENDPOINT",
+            &compose_file,
+        );
+        assert_eq!(
+            endpoint.rsplit_once(':').map(|(host, _)| host),
+            Some(*name),
+            "service {name}'s cluster endpoint `{endpoint}` is not its own service name"
+        );
+        let output = tailgate_validate(&sampler_file, &[("TAILGATE_CLUSTER_ENDPOINT", &endpoint)]);
+        assert!(output.status.success(), "{name}:\n{}", describe(&output));
+        endpoints.insert(endpoint);
+    }
+    assert_eq!(
+        endpoints, hostnames,
+        "the static resolver must list exactly the sampler services"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes
+
+#[test]
+fn kubernetes_manifests_match_the_kubernetes_schemas() {
+    let Some(tool) = venv_tool("kubernetes-validate") else {
+        return;
+    };
+    let manifests = files_of(Kind::KubernetesManifest);
+    if let Err(report) = check_kubernetes(&tool, &manifests) {
+        panic!("Kubernetes manifests do not match the schemas:\n{report}");
+    }
+}
+
+#[test]
+fn kubernetes_schema_check_rejects_broken_manifests() {
+    let Some(tool) = venv_tool("kubernetes-validate") else {
+        return;
+    };
+    let deployment = |container_extra: &str, kind: &str| {
+        format!(
+            "apiVersion: apps/v1
+kind: {kind}
+metadata:
+  name: broken
+spec:
+  selector:
+    matchLabels: {{app: broken}}
+  template:
+    metadata:
+      labels: {{app: broken}}
+    spec:
+      containers:
+        - name: tailgate
+          image: tailgate:dev
+{container_extra}"
+        )
+    };
+    // The valid form passes, so the failures below are the edits', not the harness's.
+    let valid = temp_yaml(&deployment("", "Deployment"));
+    if let Err(report) = check_kubernetes(&tool, &[valid.path().to_path_buf()]) {
+        panic!("the unbroken test manifest should pass:\n{report}");
+    }
+    for (what, text) in [
+        (
+            "an unknown container field",
+            deployment("          imagePulPolicy: Always\n", "Deployment"),
+        ),
+        (
+            "a port that is not a number",
+            deployment(
+                "          ports:\n            - containerPort: otlp\n",
+                "Deployment",
+            ),
+        ),
+        ("a misspelt kind", deployment("", "Deploymnet")),
+    ] {
+        let broken = temp_yaml(&text);
+        if let Ok(report) = check_kubernetes(&tool, &[broken.path().to_path_buf()]) {
+            panic!("kubernetes-validate accepted {what}:\n{report}");
+        }
+    }
+}
+
+/// The single resource of `kind` among the manifests, with its file.
+fn resource<'a>(manifests: &'a [(PathBuf, Value)], kind: &str, name: &str) -> &'a (PathBuf, Value) {
+    manifests
+        .iter()
+        .find(|(_, doc)| {
+            doc.get("kind").and_then(Value::as_str) == Some(kind)
+                && doc["metadata"]["name"].as_str() == Some(name)
+        })
+        .unwrap_or_else(|| panic!("no {kind} {name} in deploy/kubernetes"))
+}
+
+#[test]
+fn kubernetes_kustomization_and_tiers_fit_together() {
+    let dir = deploy_dir().join("kubernetes");
+    let kustomization_file = dir.join("kustomization.yaml");
+    let kustomization = load_one(&kustomization_file);
+    let namespace = string_at(&kustomization, "namespace", &kustomization_file);
+
+    // resources: exactly the manifests in the directory.
+    let listed: BTreeSet<String> = at(&kustomization, "resources", &kustomization_file)
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    let manifest_files = files_of(Kind::KubernetesManifest);
+    let on_disk: BTreeSet<String> = manifest_files
+        .iter()
+        .map(|p| p.strip_prefix(&dir).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        listed, on_disk,
+        "kustomization.yaml resources vs manifests in deploy/kubernetes"
+    );
+
+    let manifests: Vec<(PathBuf, Value)> = manifest_files
+        .iter()
+        .flat_map(|p| load_yaml(p).into_iter().map(move |doc| (p.clone(), doc)))
+        .collect();
+    for (file, doc) in &manifests {
+        let ns = doc["metadata"]["namespace"].as_str().or_else(|| {
+            doc["metadata"]["name"]
+                .as_str()
+                .filter(|_| doc["kind"] == "Namespace")
+        });
+        assert_eq!(
+            ns,
+            Some(namespace.as_str()),
+            "{}: namespace",
+            file.display()
+        );
+    }
+
+    // configMapGenerator: name → tailgate config file (validated in its own test).
+    let generated: Vec<(String, PathBuf)> =
+        at(&kustomization, "configMapGenerator", &kustomization_file)
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|generator| {
+                let name = string_at(generator, "name", &kustomization_file);
+                let files = generator["files"].as_sequence().expect("generator files");
+                assert_eq!(files.len(), 1, "{name}: one file, config.yaml");
+                let spec = files[0].as_str().unwrap();
+                let source = spec
+                    .strip_prefix("config.yaml=")
+                    .unwrap_or_else(|| panic!("{name}: the key must be config.yaml: {spec}"));
+                let path = dir.join(source);
+                assert_eq!(classify(&path), Kind::TailgateConfig, "{}", path.display());
+                (name, path)
+            })
+            .collect();
+
+    // The headless Service both tiers resolve.
+    let (service_file, service) = resource(&manifests, "Service", "tailgate-sampler-headless");
+    assert_eq!(
+        service["spec"]["clusterIP"],
+        "None",
+        "{}",
+        service_file.display()
+    );
+    assert_eq!(service["spec"]["publishNotReadyAddresses"], false);
+    let service_port = service["spec"]["ports"][0]["port"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let headless_name = format!("tailgate-sampler-headless.{namespace}.svc.cluster.local");
+
+    let config_of = |deployment: &Value, file: &Path| -> (PathBuf, Value) {
+        let volumes = at(deployment, "spec.template.spec.volumes", file)
+            .as_sequence()
+            .unwrap();
+        let config_map = volumes
+            .iter()
+            .find_map(|v| v.get("configMap").and_then(|c| c.get("name")))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{}: no ConfigMap volume", file.display()));
+        let (_, path) = generated
+            .iter()
+            .find(|(name, _)| name == config_map)
+            .unwrap_or_else(|| panic!("ConfigMap {config_map} is not generated by kustomization"));
+        (path.clone(), load_one(path))
+    };
+
+    let mut resolvers = Vec::new();
+    for (name, resolver_path) in [
+        ("tailgate-balancer", "exporters.loadbalancing.resolver"),
+        (
+            "tailgate-sampler",
+            "processors.tail_sampling.cluster.resolver",
+        ),
+    ] {
+        let (file, deployment) = resource(&manifests, "Deployment", name);
+        let (config_file, config) = config_of(deployment, file);
+        let resolver = at(&config, resolver_path, &config_file).clone();
+        assert_eq!(
+            string_at(&resolver, "dns.hostname", &config_file),
+            headless_name
+        );
+        assert_eq!(string_at(&resolver, "dns.port", &config_file), service_port);
+        resolvers.push(resolver);
+
+        // The pod outlives the graceful shutdown (plus any preStop sleep before SIGTERM).
+        let pod = at(deployment, "spec.template.spec", file);
+        let container = &pod["containers"][0];
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+        let pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+            .as_u64()
+            .unwrap_or(0);
+        let shutdown = seconds(&string_at(
+            &config,
+            "service.shutdown_grace_period",
+            &config_file,
+        ));
+        assert!(
+            grace > pre_stop + shutdown,
+            "{name}: terminationGracePeriodSeconds {grace} must exceed preStop {pre_stop}s + \
+             shutdown_grace_period {shutdown}s"
+        );
+
+        // Probes hit the health_check extension's port.
+        let health = string_at(&config, "extensions.health_check.endpoint", &config_file);
+        let health_port = health.rsplit_once(':').unwrap().1.to_string();
+        let ports = container["ports"].as_sequence().unwrap();
+        for probe in ["readinessProbe", "livenessProbe"] {
+            let port = &container[probe]["httpGet"]["port"];
+            let number = match port {
+                Value::Number(n) => n.to_string(),
+                Value::String(named) => ports
+                    .iter()
+                    .find(|p| p["name"].as_str() == Some(named))
+                    .map(|p| p["containerPort"].as_u64().unwrap().to_string())
+                    .unwrap_or_else(|| panic!("{name}: {probe} names unknown port {named}")),
+                other => panic!("{name}: {probe} has no httpGet port: {other:?}"),
+            };
+            assert_eq!(number, health_port, "{name}: {probe} port");
+        }
+    }
+    assert_eq!(
+        resolvers[0], resolvers[1],
+        "the balancers and the samplers must resolve the same sampler set"
+    );
+
+    // Each sampler finds itself on the ring: cluster.endpoint is its pod IP (downward API) and
+    // the resolver's port.
+    let (file, sampler) = resource(&manifests, "Deployment", "tailgate-sampler");
+    let (config_file, config) = config_of(sampler, file);
+    assert_eq!(
+        string_at(
+            &config,
+            "processors.tail_sampling.cluster.endpoint",
+            &config_file
+        ),
+        format!("${{env:POD_IP}}:{service_port}")
+    );
+    let env = at(sampler, "spec.template.spec", file)["containers"][0]["env"]
+        .as_sequence()
+        .expect("sampler env");
+    let pod_ip = env
+        .iter()
+        .find(|e| e["name"] == "POD_IP")
+        .expect("the sampler sets POD_IP");
+    assert_eq!(pod_ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP");
+
+    let (_, pdb) = resource(&manifests, "PodDisruptionBudget", "tailgate-sampler");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"], sampler["spec"]["selector"]["matchLabels"],
+        "the sampler PodDisruptionBudget selects the sampler pods"
+    );
+}
