@@ -806,3 +806,21 @@ async fn a_full_sending_queue_drops_the_batch_and_counts_it() {
     );
     drop(client);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_without_tail_sampling_forwards_every_span_at_once() {
+    let backend = RecordingBackend::start_grpc().await;
+    let ports = SamplerPorts::free();
+    let config = SamplerConfig::new(ports, KEEP_ALL, &backend)
+        .render()
+        .replace("      processors: [tail_sampling]\n", "");
+    assert!(!config.contains("processors: [tail"), "{config}");
+    let _gateway = Gateway::start(&config).await;
+    let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
+    let spans = (1..=3u64)
+        .map(|i| otlp::span(otlp::trace_id(i as u128), otlp::span_id(i), "passed"))
+        .collect();
+    client.export(otlp::request("api", spans)).await.unwrap();
+    backend.wait_for_spans(3, WAIT).await.unwrap();
+    assert_eq!(backend.spans_by_trace().len(), 3);
+}
