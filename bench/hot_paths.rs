@@ -2,8 +2,14 @@
 //! generator's: 512 spans of about 500 encoded bytes with ten attributes, 8 spans per trace.
 //!
 //! - `walk_request`: validating a request and finding every span (the receiver's work per request);
-//! - `buffer_ingest`: walking plus grouping by trace, copying into chunks and inserting;
-//! - `decide_trace`: building a trace view and running errors + latency + probabilistic policies;
+//! - `buffer_ingest`: walking plus grouping by trace, copying into stored chunks (with span
+//!   summaries) and inserting; `buffer_ingest_zstd` the same with `buffer_compression: zstd` (after
+//!   the dictionary is trained);
+//! - `buffer_decide` / `buffer_decide_zstd`: deciding a request's worth of buffered traces (64
+//!   traces of 8 spans) from their stored summaries, as the deciders do, errors + latency + 10 %
+//!   probabilistic, kept chunks copied out for export;
+//! - `decide_trace`: building a trace view by walking the spans of exported-form chunks and
+//!   running the same policies (what a decision cost before summaries were stored);
 //! - `encode_batch`: framing kept chunks into an export request.
 
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 
-use tailgate::buffer::{trace_view, BufferSettings, Chunk, TraceBuffer};
+use tailgate::buffer::{trace_view, BufferCompression, BufferSettings, Chunk, TraceBuffer};
 use tailgate::exporter::batch::encode_chunks;
 use tailgate::policy::{PolicyConfig, PolicySet};
 use tailgate::wire::parse_export_request;
@@ -147,36 +153,73 @@ fn hot_paths(c: &mut Criterion) {
         .enable_time()
         .build()
         .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
-    let settings = BufferSettings {
+    let settings = |compression| BufferSettings {
         decision_wait: Duration::from_secs(3600),
         wait_after_root: Duration::ZERO,
         max_trace_bytes: 0,
         block_on_overflow: false,
         num_traces: usize::MAX,
+        max_buffered_bytes: 0,
+        compression,
         sampled_cache_size: 0,
         non_sampled_cache_size: 0,
         drop_pending_on_shutdown: false,
+        decision_tick: Duration::ZERO,
     };
-    let buffer = runtime.block_on(async { TraceBuffer::new(settings, policies(), tx) });
     let mut seed = 0u64;
-    group.bench_function("buffer_ingest", |b| {
-        b.iter_batched(
-            || {
-                seed += 1;
-                request(seed)
-            },
-            |body| {
-                runtime.block_on(async {
-                    let parsed = parse_export_request(&body).unwrap();
-                    buffer.ingest(parsed, &body).await.unwrap()
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    runtime.block_on(buffer.drain());
-    while rx.try_recv().is_ok() {}
+    for (name, compression) in [
+        ("", BufferCompression::None),
+        ("_zstd", BufferCompression::Zstd),
+    ] {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
+        let buffer =
+            runtime.block_on(async { TraceBuffer::new(settings(compression), policies(), tx) });
+        // Compression: train the dictionary first, as a running gateway soon has.
+        while compression == BufferCompression::Zstd && !buffer.has_compression_dictionary() {
+            seed += 1;
+            let body = request(seed);
+            runtime.block_on(async {
+                let parsed = parse_export_request(&body).unwrap();
+                buffer.ingest(parsed, &body).await.unwrap()
+            });
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        group.bench_function(format!("buffer_ingest{name}"), |b| {
+            b.iter_batched(
+                || {
+                    seed += 1;
+                    request(seed)
+                },
+                |body| {
+                    runtime.block_on(async {
+                        let parsed = parse_export_request(&body).unwrap();
+                        buffer.ingest(parsed, &body).await.unwrap()
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        runtime.block_on(buffer.drain());
+        while rx.try_recv().is_ok() {}
+        // Deciding: one request's traces are buffered (untimed), then decided (timed).
+        group.bench_function(format!("buffer_decide{name}"), |b| {
+            b.iter_batched(
+                || {
+                    // Kept chunks of the previous iteration: the channel is bounded.
+                    while rx.try_recv().is_ok() {}
+                    seed += 1;
+                    let body = request(seed);
+                    runtime.block_on(async {
+                        let parsed = parse_export_request(&body).unwrap();
+                        buffer.ingest(parsed, &body).await.unwrap()
+                    });
+                },
+                |()| runtime.block_on(buffer.drain()),
+                BatchSize::SmallInput,
+            )
+        });
+        while rx.try_recv().is_ok() {}
+    }
     group.finish();
 
     // One trace of 8 spans, as the buffer holds it.

@@ -75,11 +75,6 @@ impl FifoSet {
             }
         }
     }
-
-    pub fn remove(&mut self, key: u64) {
-        // Leaves the key in `order`; it is skipped harmlessly when it reaches the front.
-        self.members.remove(&key);
-    }
 }
 
 /// What the cache remembers about a trace.
@@ -115,17 +110,17 @@ impl DecisionCache {
         }
     }
 
-    pub fn remember(&mut self, id: &TraceId, decision: Remembered) {
+    /// Remembers the decision for a trace that was buffered. A trace is buffered only when the
+    /// cache knows nothing of it (its spans would otherwise have followed the remembered
+    /// decision), and nothing else remembers it while it is buffered, so neither set holds it
+    /// and there is nothing to remove from the other set (which cost a hash lookup, usually a
+    /// cache miss, per decision).
+    pub fn remember_buffered(&mut self, id: &TraceId, decision: Remembered) {
         let key = fingerprint(id);
+        debug_assert!(!self.sampled.contains(key) && !self.not_sampled.contains(key));
         match decision {
-            Remembered::Sampled => {
-                self.not_sampled.remove(key);
-                self.sampled.insert(key)
-            }
-            Remembered::NotSampled => {
-                self.sampled.remove(key);
-                self.not_sampled.insert(key)
-            }
+            Remembered::Sampled => self.sampled.insert(key),
+            Remembered::NotSampled => self.not_sampled.insert(key),
         }
     }
 }
@@ -139,13 +134,13 @@ mod tests {
         let mut cache = DecisionCache::new(2, 1);
         let ids: Vec<TraceId> = (1u8..=3).map(|i| [i; 16]).collect();
         for id in &ids {
-            cache.remember(id, Remembered::Sampled);
+            cache.remember_buffered(id, Remembered::Sampled);
         }
         assert_eq!(cache.get(&ids[0]), None);
         assert_eq!(cache.get(&ids[1]), Some(Remembered::Sampled));
         assert_eq!(cache.get(&ids[2]), Some(Remembered::Sampled));
-        cache.remember(&[9; 16], Remembered::NotSampled);
-        cache.remember(&[8; 16], Remembered::NotSampled);
+        cache.remember_buffered(&[9; 16], Remembered::NotSampled);
+        cache.remember_buffered(&[8; 16], Remembered::NotSampled);
         assert_eq!(cache.get(&[9; 16]), None);
         assert_eq!(cache.get(&[8; 16]), Some(Remembered::NotSampled));
     }
@@ -153,8 +148,8 @@ mod tests {
     #[test]
     fn a_zero_sized_cache_remembers_nothing() {
         let mut cache = DecisionCache::new(0, 0);
-        cache.remember(&[1; 16], Remembered::Sampled);
-        cache.remember(&[2; 16], Remembered::NotSampled);
+        cache.remember_buffered(&[1; 16], Remembered::Sampled);
+        cache.remember_buffered(&[2; 16], Remembered::NotSampled);
         assert_eq!(cache.get(&[1; 16]), None);
         assert_eq!(cache.get(&[2; 16]), None);
     }

@@ -7,6 +7,10 @@ use crate::balancer::ClusterConfig;
 use crate::config::{duration, ConfigError};
 use crate::policy::PolicyConfig;
 
+/// The smallest non-zero `max_buffered_bytes`: below a request or two of spans the limit would
+/// decide every trace at once.
+pub const MIN_BUFFERED_BYTES: u64 = 1 << 20;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TailSamplingConfig {
@@ -33,6 +37,15 @@ pub struct TailSamplingConfig {
     /// At `num_traces`, refuse new spans with a retryable status (gRPC UNAVAILABLE, HTTP 503)
     /// instead of deciding the oldest trace early.
     pub block_on_overflow: bool,
+    /// tailgate extension: a limit on the memory the buffered traces hold, in bytes (an estimate
+    /// counting span bytes as stored, per-span summaries and per-trace bookkeeping). At the limit
+    /// the oldest traces are decided early, or with `block_on_overflow` requests are refused with
+    /// a retryable status. 0 (default) means no limit.
+    pub max_buffered_bytes: u64,
+    /// tailgate extension: `none` (default) or `zstd`, to compress each trace's buffered span
+    /// bytes (with a dictionary trained on the first spans received) and decompress them at
+    /// decision time: less memory per buffered span for some CPU.
+    pub buffer_compression: BufferCompression,
     /// tailgate extension: coordinate with the other samplers so traces stay whole while the
     /// sampler set changes (see `balancer::cluster`).
     pub cluster: Option<ClusterConfig>,
@@ -51,9 +64,20 @@ impl Default for TailSamplingConfig {
             decision_wait_after_root_received: Duration::ZERO,
             maximum_trace_size_bytes: 0,
             block_on_overflow: false,
+            max_buffered_bytes: 0,
+            buffer_compression: BufferCompression::None,
             cluster: None,
         }
     }
+}
+
+/// `buffer_compression`: how buffered span bytes are held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BufferCompression {
+    #[default]
+    None,
+    Zstd,
 }
 
 /// `decision_cache`: how many decided trace IDs are remembered so late spans follow the decision.
@@ -81,6 +105,16 @@ impl TailSamplingConfig {
             errors.push(ConfigError::new(
                 format!("{path}.num_traces"),
                 "num_traces must be greater than 0",
+            ));
+        }
+        if self.max_buffered_bytes > 0 && self.max_buffered_bytes < MIN_BUFFERED_BYTES {
+            errors.push(ConfigError::new(
+                format!("{path}.max_buffered_bytes"),
+                format!(
+                    "max_buffered_bytes {} is too small to hold a request's spans; use 0 (no \
+                     limit) or at least {MIN_BUFFERED_BYTES} (1 MiB)",
+                    self.max_buffered_bytes
+                ),
             ));
         }
         if self.policies.is_empty() {
@@ -115,5 +149,54 @@ impl TailSamplingConfig {
         self.decision_cache
             .non_sampled_cache_size
             .unwrap_or(self.num_traces as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_block;
+
+    fn parse(yaml: &str) -> Result<TailSamplingConfig, ConfigError> {
+        parse_block(
+            "processors.tail_sampling",
+            serde_yaml::from_str(yaml).unwrap(),
+        )
+    }
+
+    fn errors(config: &TailSamplingConfig) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        config.validate("processors.tail_sampling", &mut errors);
+        errors
+    }
+
+    const POLICY: &str = "policies: [{name: all, type: always_sample}]";
+
+    #[test]
+    fn the_byte_limit_and_compression_extensions_parse_and_default_to_off() {
+        let config = parse(POLICY).unwrap();
+        assert_eq!(config.max_buffered_bytes, 0);
+        assert_eq!(config.buffer_compression, BufferCompression::None);
+        let config = parse(&format!(
+            "{{max_buffered_bytes: 536870912, buffer_compression: zstd, {POLICY}}}"
+        ))
+        .unwrap();
+        assert_eq!(config.max_buffered_bytes, 512 << 20);
+        assert_eq!(config.buffer_compression, BufferCompression::Zstd);
+        assert!(errors(&config).is_empty());
+    }
+
+    #[test]
+    fn an_unknown_compression_or_a_tiny_byte_limit_is_an_error_at_its_path() {
+        let err = parse(&format!("{{buffer_compression: lz4, {POLICY}}}")).unwrap_err();
+        assert_eq!(err.path, "processors.tail_sampling.buffer_compression");
+        assert!(err.message.contains("zstd"), "{}", err.message);
+        let config = parse(&format!("{{max_buffered_bytes: 1000, {POLICY}}}")).unwrap();
+        let errors = errors(&config);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].path,
+            "processors.tail_sampling.max_buffered_bytes"
+        );
     }
 }

@@ -3,9 +3,15 @@
 //!
 //! Data flow: the receiver parses a request ([`crate::wire::parse_export_request`]) and calls
 //! [`TraceBuffer::ingest`]. Spans are grouped by trace and by origin (resource + scope), and each
-//! group's span bytes are copied into one [`Chunk`]: a run of spans already framed as
-//! `ScopeSpans.spans` fields, so export only wraps it. Copying (one allocation per trace per
-//! request) means a long-lived trace never pins its multi-megabyte request body.
+//! group's span bytes are copied into one stored chunk ([`store::Stored`]): a run of spans already
+//! framed as `ScopeSpans.spans` fields, so export only wraps it, followed by each span's summary
+//! (start, end, status, root, length: [`crate::wire::SpanSummary`], 21 bytes) so that a decision
+//! builds its [`TraceView`] without walking the spans a second time. The chunks of one request are
+//! packed into a few shared blocks of up to 64 KiB ([`store::BlockBuilder`]) rather than one
+//! allocation each; a kept trace's chunks are copied out of the blocks when it is decided, so
+//! nothing that waits for export pins a block, and no buffered span ever pins its request body.
+//! With `buffer_compression: zstd` each chunk's run is compressed (see [`store`]) and decompressed
+//! once, at decision time.
 //!
 //! Traces live in shards keyed by trace ID, each behind its own mutex, so receivers on different
 //! cores rarely contend. Each shard keeps a FIFO of `(deadline, trace)`: `decision_wait` is the same
@@ -15,13 +21,21 @@
 //! remembered in the shard's [`cache::DecisionCache`], kept chunks go to the exporter channel.
 //!
 //! Spans that arrive after their trace was decided follow the remembered decision: forwarded at
-//! once when kept, dropped and counted when not. At `num_traces` the oldest trace is decided early
-//! (not dropped): its spans so far are judged by the policies, and its later spans follow that
-//! decision. Each early decision is counted and logged.
+//! once when kept, dropped and counted when not.
+//!
+//! Limits: `num_traces` and `max_buffered_bytes` (a tailgate extension). The byte count is an
+//! estimate of the heap the buffer holds: each stored chunk's allocation and header plus a fixed
+//! [`TRACE_OVERHEAD`] per trace for its map slot, queue entry and chunk vector. At either limit
+//! the oldest traces are decided early (not dropped): their spans so far are judged by the
+//! policies, and their later spans follow that decision. Each early decision is counted (by
+//! limit) and logged. With `block_on_overflow` a request that arrives at a limit is refused whole
+//! instead, for the client to retry.
 
 mod cache;
 mod config;
+pub mod store;
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,15 +46,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use cache::{fingerprint, IdBuildHasher, Remembered};
-pub use config::{DecisionCacheConfig, TailSamplingConfig};
+pub use config::{BufferCompression, DecisionCacheConfig, TailSamplingConfig};
 
 use crate::policy::{FinalDecision, PolicySet, SpanRecord, TraceView};
 use crate::telemetry::LogEvery;
-use crate::wire::{self, Origin, ParsedRequest, TraceId};
+use crate::wire::{self, Origin, ParsedRequest, SpanRef, SpanSummary, TraceId};
+use store::{BlockBuilder, Codec, Stored};
 
 const SHARDS: usize = 16;
 /// Traces decided per lock acquisition, so a burst of deadlines does not starve receivers.
 const DECIDE_BATCH: usize = 512;
+/// Bytes counted per buffered trace besides its chunks: its map slot (key and entry, at the map's
+/// typical load), its queue entry and its chunk vector's spare room.
+pub const TRACE_OVERHEAD: usize = 192;
 
 /// A run of one trace's spans from one origin, framed as `ScopeSpans.spans` fields.
 #[derive(Debug, Clone)]
@@ -98,10 +116,25 @@ pub struct BufferSettings {
     /// `block_on_overflow`.
     pub block_on_overflow: bool,
     pub num_traces: usize,
+    /// `max_buffered_bytes` (tailgate extension); zero when off.
+    pub max_buffered_bytes: usize,
+    /// `buffer_compression` (tailgate extension).
+    pub compression: BufferCompression,
     pub sampled_cache_size: usize,
     pub non_sampled_cache_size: usize,
     pub drop_pending_on_shutdown: bool,
+    /// The deciders wake on a grid of this step (zero: at each deadline exactly). See
+    /// [`DECISION_TICK`].
+    pub decision_tick: Duration,
 }
+
+/// The deciders' wake-up grid in a running gateway. Waking at every trace's own deadline meant
+/// each of the 16 deciders woke about every millisecond under steady load (16,000 wake-ups and
+/// as many thread park/unpark cycles a second, whatever the rate), which at 200k spans/s was a
+/// large share of the sampler's CPU. On a shared grid the deciders wake together, 250 times a
+/// second; a decision is then at most one step later than its deadline (the lateness budget is
+/// 50 ms).
+pub const DECISION_TICK: Duration = Duration::from_millis(4);
 
 impl From<&TailSamplingConfig> for BufferSettings {
     fn from(c: &TailSamplingConfig) -> Self {
@@ -111,18 +144,24 @@ impl From<&TailSamplingConfig> for BufferSettings {
             max_trace_bytes: c.maximum_trace_size_bytes as usize,
             block_on_overflow: c.block_on_overflow,
             num_traces: c.num_traces as usize,
+            max_buffered_bytes: c.max_buffered_bytes as usize,
+            compression: c.buffer_compression,
             sampled_cache_size: c.sampled_cache_size(),
             non_sampled_cache_size: c.non_sampled_cache_size(),
             drop_pending_on_shutdown: c.drop_pending_traces_on_shutdown,
+            decision_tick: DECISION_TICK,
         }
     }
 }
 
 struct TraceEntry {
     deadline: Instant,
-    chunks: Vec<Chunk>,
-    spans: usize,
+    chunks: Vec<Stored>,
+    spans: u32,
+    /// Encoded span bytes as received (what `maximum_trace_size_bytes` limits).
     bytes: usize,
+    /// Memory counted against `max_buffered_bytes`.
+    memory: usize,
 }
 
 struct ShardState {
@@ -165,21 +204,28 @@ impl ShardState {
 
     /// Removes and returns the trace with the earliest deadline if it is due by `now`.
     fn pop_due(&mut self, now: Instant) -> Option<(TraceId, TraceEntry)> {
-        let a = live_front(&mut self.queue, &self.traces);
-        let b = live_front(&mut self.root_queue, &self.traces);
-        let queue = match (a, b) {
-            (Some(a), Some(b)) if b < a => &mut self.root_queue,
-            (Some(_), _) => &mut self.queue,
-            (None, Some(_)) => &mut self.root_queue,
-            (None, None) => return None,
-        };
-        let &(deadline, id) = queue.front()?;
-        if deadline > now {
-            return None;
+        // A queue front is checked against the map only once it is due: a stale front (a trace
+        // removed early, or moved to the root queue) is then skipped.
+        loop {
+            let a = self.queue.front().map(|&(d, _)| d);
+            let b = self.root_queue.front().map(|&(d, _)| d);
+            let queue = match (a, b) {
+                (Some(a), Some(b)) if b < a => &mut self.root_queue,
+                (Some(_), _) => &mut self.queue,
+                (None, Some(_)) => &mut self.root_queue,
+                (None, None) => return None,
+            };
+            let &(deadline, id) = queue.front()?;
+            if deadline > now {
+                return None;
+            }
+            queue.pop_front();
+            if let Entry::Occupied(entry) = self.traces.entry(id) {
+                if entry.get().deadline == deadline {
+                    return Some((id, entry.remove()));
+                }
+            }
         }
-        queue.pop_front();
-        let entry = self.traces.remove(&id)?;
-        Some((id, entry))
     }
 }
 
@@ -199,13 +245,15 @@ pub struct IngestOutcome {
     pub dropped_late: usize,
     /// Traces decided before their deadline because `num_traces` was reached.
     pub decided_early: usize,
+    /// Traces decided before their deadline because `max_buffered_bytes` was reached.
+    pub decided_early_for_bytes: usize,
     /// Traces that passed `maximum_trace_size_bytes` and were decided not sampled.
     pub too_large: usize,
 }
 
 /// The buffer is full and `block_on_overflow` is set: the client should retry later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the trace buffer is full (num_traces reached); retry later")]
+#[error("the trace buffer is full (num_traces or max_buffered_bytes reached); retry later")]
 pub struct Overflow;
 
 /// Metric handles used on every request or decision, registered once: looking a metric up by
@@ -219,11 +267,19 @@ struct BufferMetrics {
     traces_on_memory: metrics::Gauge,
     buffered_spans: metrics::Gauge,
     buffered_bytes: metrics::Gauge,
+    too_large: metrics::Counter,
+    late_sampled: metrics::Counter,
+    late_not_sampled: metrics::Counter,
+    early_num_traces: metrics::Counter,
+    early_bytes: metrics::Counter,
+    refusals: metrics::Counter,
 }
 
 impl BufferMetrics {
     fn register() -> Self {
         const SAMPLED: &str = "otelcol_processor_tail_sampling_global_count_traces_sampled";
+        const LATE: &str = "tailgate_late_spans_total";
+        const EARLY: &str = "tailgate_traces_decided_early_total";
         Self {
             new_traces: metrics::counter!("otelcol_processor_tail_sampling_new_trace_id_received"),
             traces_sampled: metrics::counter!(SAMPLED, "sampled" => "true"),
@@ -235,6 +291,12 @@ impl BufferMetrics {
             ),
             buffered_spans: metrics::gauge!("tailgate_buffered_spans"),
             buffered_bytes: metrics::gauge!("tailgate_buffered_bytes"),
+            too_large: metrics::counter!("tailgate_traces_too_large_total"),
+            late_sampled: metrics::counter!(LATE, "decision" => "sampled"),
+            late_not_sampled: metrics::counter!(LATE, "decision" => "not_sampled"),
+            early_num_traces: metrics::counter!(EARLY, "reason" => "num_traces"),
+            early_bytes: metrics::counter!(EARLY, "reason" => "max_buffered_bytes"),
+            refusals: metrics::counter!("tailgate_buffer_overflow_refusals_total"),
         }
     }
 }
@@ -242,9 +304,12 @@ impl BufferMetrics {
 /// The sharded trace store and its deciders.
 pub struct TraceBuffer {
     metrics: BufferMetrics,
+    /// Origin of the deciders' wake-up grid.
+    epoch: Instant,
     shards: Box<[Shard]>,
     settings: BufferSettings,
     policies: PolicySet,
+    codec: Codec,
     live_traces: AtomicUsize,
     buffered_spans: AtomicUsize,
     buffered_bytes: AtomicUsize,
@@ -258,6 +323,25 @@ pub struct TraceBuffer {
 /// Which shard holds a trace. Trace IDs are random; the last bytes are as good as a hash.
 fn shard_of(id: &TraceId) -> usize {
     (id[15] as usize ^ id[7] as usize) % SHARDS
+}
+
+/// Additions to the live counts not yet published (see [`TraceBuffer::publish`]).
+#[derive(Default)]
+struct Added {
+    traces: usize,
+    spans: usize,
+    bytes: usize,
+}
+
+/// One trace's spans from one request, as stored chunks (see [`TraceBuffer::ingest`]).
+struct Incoming {
+    id: TraceId,
+    /// Chunks in the request's `stored` vector: the next `chunks` of them.
+    chunks: usize,
+    spans: u32,
+    bytes: usize,
+    memory: usize,
+    has_root: bool,
 }
 
 impl TraceBuffer {
@@ -283,7 +367,9 @@ impl TraceBuffer {
             .collect();
         Arc::new(Self {
             metrics: BufferMetrics::register(),
+            epoch: Instant::now(),
             shards,
+            codec: Codec::new(settings.compression == BufferCompression::Zstd),
             settings,
             policies,
             live_traces: AtomicUsize::new(0),
@@ -315,12 +401,36 @@ impl TraceBuffer {
         self.buffered_spans.load(Ordering::Relaxed)
     }
 
+    /// Memory currently counted against `max_buffered_bytes` (see the module docs).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the dictionary of `buffer_compression: zstd` is trained (for tests and benches).
+    pub fn has_compression_dictionary(&self) -> bool {
+        self.codec.has_dictionary()
+    }
+
+    fn over_traces(&self) -> bool {
+        self.live_traces() > self.settings.num_traces
+    }
+
+    /// Over `max_buffered_bytes`, and so due to decide traces early. Not with
+    /// `block_on_overflow`: there, a request accepted just under the limit may take the buffer
+    /// past it by its own size, and the requests after it are refused until decisions make room.
+    fn over_bytes(&self) -> bool {
+        !self.settings.block_on_overflow
+            && self.settings.max_buffered_bytes > 0
+            && self.buffered_bytes() > self.settings.max_buffered_bytes
+    }
+
     /// Adds a parsed request's spans to their traces. Kept spans that result (late spans of kept
-    /// traces, traces decided early at `num_traces`) are sent to the exporter before returning,
-    /// so a slow exporter pushes back on the client.
+    /// traces, traces decided early at a limit) are sent to the exporter before returning, so a
+    /// slow exporter pushes back on the client.
     ///
     /// With `block_on_overflow`, a request that arrives while the buffer holds `num_traces`
-    /// traces is refused whole ([`Overflow`]) for the client to retry.
+    /// traces or `max_buffered_bytes` bytes is refused whole ([`Overflow`]) for the client to
+    /// retry.
     pub async fn ingest(
         &self,
         request: ParsedRequest,
@@ -330,107 +440,118 @@ impl TraceBuffer {
         if request.spans.is_empty() {
             return Ok(outcome);
         }
-        if self.settings.block_on_overflow && self.live_traces() >= self.settings.num_traces {
-            metrics::counter!("tailgate_buffer_overflow_refusals_total").increment(1);
-            if self.overflow_log.ready() {
-                tracing::warn!(
-                    num_traces = self.settings.num_traces,
-                    "buffer full with block_on_overflow: refusing requests with a retryable status"
-                );
+        if self.settings.block_on_overflow {
+            let full_bytes = self.settings.max_buffered_bytes > 0
+                && self.buffered_bytes() >= self.settings.max_buffered_bytes;
+            if full_bytes || self.live_traces() >= self.settings.num_traces {
+                self.metrics.refusals.increment(1);
+                if self.overflow_log.ready() {
+                    tracing::warn!(
+                        num_traces = self.settings.num_traces,
+                        max_buffered_bytes = self.settings.max_buffered_bytes,
+                        "buffer full with block_on_overflow: refusing requests with a retryable status"
+                    );
+                }
+                return Err(Overflow);
             }
-            return Err(Overflow);
         }
         let origins: Vec<Arc<Origin>> = request.origins.into_iter().map(Arc::new).collect();
-        let mut groups = group_by_trace(&request.spans, &origins, body);
+        let (incoming, stored) = self.store_by_trace(&request.spans, &origins, body);
+        let mut stored = stored.into_iter();
         let now = Instant::now();
         let mut kept = Vec::new();
         let mut new_traces = 0usize;
         let mut start = 0;
-        while start < groups.len() {
-            let shard = shard_of(&groups[start].id);
+        while start < incoming.len() {
+            let shard = shard_of(&incoming[start].id);
             let end = start
-                + groups[start..]
+                + incoming[start..]
                     .iter()
                     .take_while(|g| shard_of(&g.id) == shard)
                     .count();
             let mut wake = false;
+            // Counts added under this shard's lock, published once after it (atomics are shared
+            // by every core; one update per request instead of per trace).
+            let mut added = Added::default();
             {
-                let mut state = self.lock(shard);
-                for group in groups[start..end].iter_mut() {
-                    let chunks = std::mem::take(&mut group.chunks);
-                    let spans: usize = chunks.iter().map(|c| c.spans as usize).sum();
-                    let bytes: usize = chunks.iter().map(|c| c.run.len()).sum();
+                let mut guard = self.lock(shard);
+                let ShardState {
+                    traces,
+                    queue,
+                    root_queue,
+                    cache,
+                } = &mut *guard;
+                for group in &incoming[start..end] {
+                    let chunks = stored.by_ref().take(group.chunks);
                     let id = group.id;
-                    if !state.traces.contains_key(&id) {
-                        match state.cache.get(&id) {
+                    let entry = match traces.entry(id) {
+                        Entry::Occupied(entry) => entry.into_mut(),
+                        Entry::Vacant(vacant) => match cache.get(&id) {
                             Some(Remembered::Sampled) => {
-                                outcome.forwarded_late += spans;
-                                kept.extend(chunks);
+                                outcome.forwarded_late += group.spans as usize;
+                                kept.extend(chunks.map(|c| c.into_chunk(&self.codec, None)));
                                 continue;
                             }
                             Some(Remembered::NotSampled) => {
-                                outcome.dropped_late += spans;
+                                outcome.dropped_late += group.spans as usize;
+                                chunks.for_each(drop);
                                 continue;
                             }
                             None => {
                                 let deadline = now + self.settings.decision_wait;
-                                wake |= state.queue.is_empty();
-                                state.queue.push_back((deadline, id));
-                                state.traces.insert(
-                                    id,
-                                    TraceEntry {
-                                        deadline,
-                                        chunks: Vec::new(),
-                                        spans: 0,
-                                        bytes: 0,
-                                    },
-                                );
+                                wake |= queue.is_empty();
+                                queue.push_back((deadline, id));
                                 new_traces += 1;
-                                self.live_traces.fetch_add(1, Ordering::Relaxed);
+                                added.traces += 1;
+                                added.bytes += TRACE_OVERHEAD;
+                                vacant.insert(TraceEntry {
+                                    deadline,
+                                    chunks: Vec::new(),
+                                    spans: 0,
+                                    bytes: 0,
+                                    memory: TRACE_OVERHEAD,
+                                })
                             }
-                        }
-                    }
-                    let state = &mut *state;
-                    let entry = state.traces.get_mut(&id).expect("present or just inserted");
+                        },
+                    };
                     entry.chunks.extend(chunks);
-                    entry.spans += spans;
-                    entry.bytes += bytes;
-                    self.buffered_spans.fetch_add(spans, Ordering::Relaxed);
-                    self.buffered_bytes.fetch_add(bytes, Ordering::Relaxed);
-                    outcome.buffered += spans;
+                    entry.spans += group.spans;
+                    entry.bytes += group.bytes;
+                    entry.memory += group.memory;
+                    added.spans += group.spans as usize;
+                    added.bytes += group.memory;
+                    outcome.buffered += group.spans as usize;
                     if group.has_root && !self.settings.wait_after_root.is_zero() {
                         let root_deadline = now + self.settings.wait_after_root;
                         if root_deadline < entry.deadline {
                             entry.deadline = root_deadline;
-                            wake |= state.root_queue.is_empty();
-                            state.root_queue.push_back((root_deadline, id));
+                            wake |= root_queue.is_empty();
+                            root_queue.push_back((root_deadline, id));
                         }
                     }
                     if self.settings.max_trace_bytes > 0
                         && entry.bytes > self.settings.max_trace_bytes
                     {
-                        let entry = state.traces.remove(&id).expect("present");
+                        let entry = traces.remove(&id).expect("present");
+                        self.publish(std::mem::take(&mut added));
                         self.release(&entry);
-                        state.cache.remember(&id, Remembered::NotSampled);
+                        cache.remember_buffered(&id, Remembered::NotSampled);
                         outcome.too_large += 1;
-                        self.metrics.spans_not_sampled.increment(entry.spans as u64);
+                        self.metrics
+                            .spans_not_sampled
+                            .increment(u64::from(entry.spans));
                     }
                 }
             }
+            self.publish(added);
             if wake {
                 self.shards[shard].wake.notify_one();
             }
             start = end;
         }
         self.metrics.new_traces.increment(new_traces as u64);
-        while self.live_traces() > self.settings.num_traces {
-            match self.decide_oldest_early() {
-                Some(chunks) => {
-                    outcome.decided_early += 1;
-                    kept.extend(chunks);
-                }
-                None => break,
-            }
+        if self.over_traces() || self.over_bytes() {
+            self.decide_early(&mut kept, &mut outcome);
         }
         self.count_outcome(&outcome);
         self.update_gauges();
@@ -440,19 +561,78 @@ impl TraceBuffer {
         Ok(outcome)
     }
 
+    /// Groups a request's spans by trace and origin into stored chunks (compressed when
+    /// configured), outside any lock. Traces come out ordered by shard; each [`Incoming`] owns
+    /// the next `chunks` entries of the returned vector.
+    fn store_by_trace(
+        &self,
+        spans: &[SpanRef],
+        origins: &[Arc<Origin>],
+        body: &[u8],
+    ) -> (Vec<Incoming>, Vec<Stored>) {
+        let raw_bytes: usize = spans.iter().map(|s| s.range.1 - s.range.0).sum();
+        let mut block = BlockBuilder::new(&self.codec, spans.len(), raw_bytes);
+        let mut incoming: Vec<Incoming> = Vec::new();
+        let mut ranges = Vec::new();
+        let mut summaries = Vec::new();
+        for_each_trace_run(spans, |trace_id, origin, run| {
+            ranges.clear();
+            summaries.clear();
+            let mut has_root = false;
+            for s in run {
+                ranges.push(s.range);
+                summaries.push(SpanSummary::of(&s.info, s.range.1 - s.range.0));
+                has_root |= s.info.is_root;
+            }
+            let size = block.push(Arc::clone(&origins[origin]), body, &ranges, &summaries);
+            match incoming.last_mut() {
+                Some(last) if last.id == trace_id => {
+                    last.chunks += 1;
+                    last.spans += size.spans;
+                    last.bytes += size.run_len;
+                    last.memory += size.memory;
+                    last.has_root |= has_root;
+                }
+                _ => incoming.push(Incoming {
+                    id: trace_id,
+                    chunks: 1,
+                    spans: size.spans,
+                    bytes: size.run_len,
+                    memory: size.memory,
+                    has_root,
+                }),
+            }
+        });
+        (incoming, block.finish())
+    }
+
+    /// Adds newly buffered traces, spans and bytes to the live counts.
+    fn publish(&self, added: Added) {
+        if added.traces > 0 {
+            self.live_traces.fetch_add(added.traces, Ordering::Relaxed);
+        }
+        if added.spans > 0 {
+            self.buffered_spans
+                .fetch_add(added.spans, Ordering::Relaxed);
+        }
+        if added.bytes > 0 {
+            self.buffered_bytes
+                .fetch_add(added.bytes, Ordering::Relaxed);
+        }
+    }
+
     /// Takes a removed trace out of the live counts.
     fn release(&self, entry: &TraceEntry) {
         self.live_traces.fetch_sub(1, Ordering::Relaxed);
         self.buffered_spans
-            .fetch_sub(entry.spans, Ordering::Relaxed);
+            .fetch_sub(entry.spans as usize, Ordering::Relaxed);
         self.buffered_bytes
-            .fetch_sub(entry.bytes, Ordering::Relaxed);
+            .fetch_sub(entry.memory, Ordering::Relaxed);
     }
 
     fn count_outcome(&self, outcome: &IngestOutcome) {
         if outcome.too_large > 0 {
-            metrics::counter!("tailgate_traces_too_large_total")
-                .increment(outcome.too_large as u64);
+            self.metrics.too_large.increment(outcome.too_large as u64);
             if self.too_large_log.ready() {
                 tracing::warn!(
                     traces = outcome.too_large,
@@ -462,11 +642,13 @@ impl TraceBuffer {
             }
         }
         if outcome.forwarded_late > 0 {
-            metrics::counter!("tailgate_late_spans_total", "decision" => "sampled")
+            self.metrics
+                .late_sampled
                 .increment(outcome.forwarded_late as u64);
         }
         if outcome.dropped_late > 0 {
-            metrics::counter!("tailgate_late_spans_total", "decision" => "not_sampled")
+            self.metrics
+                .late_not_sampled
                 .increment(outcome.dropped_late as u64);
             if self.late_drop_log.ready() {
                 tracing::info!(
@@ -476,15 +658,25 @@ impl TraceBuffer {
             }
         }
         if outcome.decided_early > 0 {
-            metrics::counter!("tailgate_traces_decided_early_total", "reason" => "num_traces")
+            self.metrics
+                .early_num_traces
                 .increment(outcome.decided_early as u64);
-            if self.early_log.ready() {
-                tracing::warn!(
-                    num_traces = self.settings.num_traces,
-                    traces = outcome.decided_early,
-                    "buffer full: deciding the oldest traces before decision_wait (counted in tailgate_traces_decided_early_total)"
-                );
-            }
+        }
+        if outcome.decided_early_for_bytes > 0 {
+            self.metrics
+                .early_bytes
+                .increment(outcome.decided_early_for_bytes as u64);
+        }
+        if (outcome.decided_early > 0 || outcome.decided_early_for_bytes > 0)
+            && self.early_log.ready()
+        {
+            tracing::warn!(
+                num_traces = self.settings.num_traces,
+                max_buffered_bytes = self.settings.max_buffered_bytes,
+                traces_at_num_traces = outcome.decided_early,
+                traces_at_max_buffered_bytes = outcome.decided_early_for_bytes,
+                "buffer full: deciding the oldest traces before decision_wait (counted in tailgate_traces_decided_early_total)"
+            );
         }
     }
 
@@ -495,7 +687,7 @@ impl TraceBuffer {
             .set(self.buffered_spans() as f64);
         self.metrics
             .buffered_bytes
-            .set(self.buffered_bytes.load(Ordering::Relaxed) as f64);
+            .set(self.buffered_bytes() as f64);
     }
 
     async fn send(&self, kept: Kept) {
@@ -508,41 +700,121 @@ impl TraceBuffer {
         }
     }
 
-    /// Finds the oldest buffered trace across shards and decides it now.
-    fn decide_oldest_early(&self) -> Option<Vec<Chunk>> {
-        let mut oldest: Option<(Instant, usize)> = None;
-        for shard in 0..SHARDS {
-            if let Some(deadline) = self.lock(shard).front_deadline() {
-                if oldest.is_none_or(|(d, _)| deadline < d) {
-                    oldest = Some((deadline, shard));
+    /// Decides the oldest traces now until the buffer is back within `num_traces` and
+    /// `max_buffered_bytes`. Takes the shard with the oldest front deadline and decides its
+    /// traces while they are older than every other shard's front, so the traces go about in
+    /// global age order with one lock acquisition per run rather than per trace.
+    fn decide_early(&self, kept: &mut Vec<Chunk>, outcome: &mut IngestOutcome) {
+        let mut fronts: Vec<(Instant, usize)> = Vec::with_capacity(SHARDS);
+        while self.over_traces() || self.over_bytes() {
+            fronts.clear();
+            for shard in 0..SHARDS {
+                if let Some(deadline) = self.lock(shard).front_deadline() {
+                    fronts.push((deadline, shard));
                 }
             }
+            fronts.sort_unstable();
+            let Some(&(_, shard)) = fronts.first() else {
+                return;
+            };
+            let next_front = fronts.get(1).map(|&(deadline, _)| deadline);
+            let mut state = self.lock(shard);
+            let mut decided = 0;
+            loop {
+                let for_traces = self.over_traces();
+                if !for_traces && !self.over_bytes() {
+                    break;
+                }
+                let Some(front) = state.front_deadline() else {
+                    break;
+                };
+                if decided > 0 && next_front.is_some_and(|next| front > next) {
+                    break;
+                }
+                let Some((id, entry)) = state.pop_due(front) else {
+                    break;
+                };
+                if let Some(chunks) = self.decide(&mut state, id, entry) {
+                    kept.extend(chunks);
+                }
+                if for_traces {
+                    outcome.decided_early += 1;
+                } else {
+                    outcome.decided_early_for_bytes += 1;
+                }
+                decided += 1;
+            }
+            if decided == 0 {
+                return;
+            }
         }
-        let (deadline, shard) = oldest?;
-        let mut state = self.lock(shard);
-        let (id, entry) = state.pop_due(deadline)?;
-        Some(self.decide(&mut state, id, entry).unwrap_or_default())
     }
 
     /// Runs the policies on one trace (removed from the map by the caller), remembers the
     /// decision and returns the chunks to export when kept.
     fn decide(&self, state: &mut ShardState, id: TraceId, entry: TraceEntry) -> Option<Vec<Chunk>> {
         self.release(&entry);
-        let decision = self.policies.decide(&trace_view(id, &entry.chunks));
-        let sampled = decision == FinalDecision::Sampled;
-        if sampled {
+        let spans = entry.spans;
+        let kept = self.evaluate(id, entry.chunks);
+        if kept.is_some() {
             self.metrics.traces_sampled.increment(1);
+            state.cache.remember_buffered(&id, Remembered::Sampled);
         } else {
             self.metrics.traces_not_sampled.increment(1);
+            state.cache.remember_buffered(&id, Remembered::NotSampled);
+            self.metrics.spans_not_sampled.increment(u64::from(spans));
         }
-        if sampled {
-            state.cache.remember(&id, Remembered::Sampled);
-            Some(entry.chunks)
+        kept
+    }
+
+    /// Builds the trace's view from its stored chunks (decompressing them when compressed),
+    /// runs the policies, and returns the chunks for export when the trace is sampled.
+    fn evaluate(&self, id: TraceId, stored: Vec<Stored>) -> Option<Vec<Chunk>> {
+        let decompressed: Vec<Option<Box<[u8]>>> = if self.codec.compresses() {
+            stored
+                .iter()
+                .map(|s| s.raw_run().is_none().then(|| self.codec.decompress(s)))
+                .collect()
         } else {
-            state.cache.remember(&id, Remembered::NotSampled);
-            self.metrics.spans_not_sampled.increment(entry.spans as u64);
-            None
+            Vec::new()
+        };
+        let decision = {
+            let total: u32 = stored.iter().map(|s| s.spans).sum();
+            let mut spans = Vec::with_capacity(total as usize);
+            for (i, chunk) in stored.iter().enumerate() {
+                let run = match decompressed.get(i) {
+                    Some(Some(run)) => &run[..],
+                    _ => chunk.raw_run().expect("not compressed"),
+                };
+                // The summaries' lengths locate each span: the run's bytes are not read here.
+                let mut end = 0;
+                for summary in chunk.summaries() {
+                    let start = end;
+                    end += summary.framed_len();
+                    let bytes = &run[end - summary.len as usize..end];
+                    debug_assert_eq!(run[start], 0x12, "a framed span starts here");
+                    spans.push(SpanRecord {
+                        origin: &chunk.origin,
+                        bytes,
+                        info: summary.info(id, bytes),
+                    });
+                }
+            }
+            self.policies.decide(&TraceView {
+                trace_id: id,
+                spans,
+            })
+        };
+        if decision != FinalDecision::Sampled {
+            return None;
         }
+        let mut decompressed = decompressed.into_iter();
+        Some(
+            stored
+                .into_iter()
+                .map(|s| s.into_chunk(&self.codec, decompressed.next().flatten()))
+                .collect(),
+        )
     }
 
     /// Starts one decider task per shard. They stop when `shutdown` is cancelled; call
@@ -591,6 +863,7 @@ impl TraceBuffer {
                 continue;
             }
             let wake = &self.shards[shard].wake;
+            let next = next.map(|deadline| self.on_tick_grid(deadline));
             // Woken by a new earliest deadline (a first trace, or a root span's shorter wait).
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -598,6 +871,17 @@ impl TraceBuffer {
                 _ = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
             }
         }
+    }
+
+    /// The first instant of the deciders' grid at or after `deadline`.
+    fn on_tick_grid(&self, deadline: Instant) -> Instant {
+        let tick = self.settings.decision_tick.as_nanos();
+        if tick == 0 || deadline <= self.epoch {
+            return deadline;
+        }
+        let since = deadline.duration_since(self.epoch).as_nanos();
+        let rounded = since.div_ceil(tick) * tick;
+        self.epoch + Duration::from_nanos(rounded as u64)
     }
 
     /// Removes every buffered trace whose ID satisfies `hand_off` and returns its spans, for a
@@ -616,7 +900,12 @@ impl TraceBuffer {
             for id in ids {
                 if let Some(entry) = state.traces.remove(&id) {
                     self.release(&entry);
-                    taken.push((id, entry.chunks));
+                    let chunks = entry
+                        .chunks
+                        .into_iter()
+                        .map(|s| s.into_chunk(&self.codec, None))
+                        .collect();
+                    taken.push((id, chunks));
                 }
             }
         }
@@ -638,7 +927,7 @@ impl TraceBuffer {
                     if self.settings.drop_pending_on_shutdown {
                         self.release(&entry);
                         dropped_traces += 1;
-                        dropped_spans += entry.spans;
+                        dropped_spans += entry.spans as usize;
                     } else if let Some(chunks) = self.decide(&mut state, id, entry) {
                         kept.extend(chunks);
                     }
@@ -662,20 +951,13 @@ impl TraceBuffer {
     }
 }
 
-/// One trace's spans from one request.
-pub struct TraceGroup {
-    pub id: TraceId,
-    pub chunks: Vec<Chunk>,
-    pub has_root: bool,
-}
-
-/// Groups a request's spans by trace and, within a trace, by origin, copying each group's span
-/// bytes into a [`Chunk`]. Traces come out ordered by buffer shard.
-pub fn group_by_trace(
-    spans: &[wire::SpanRef],
-    origins: &[Arc<Origin>],
-    body: &[u8],
-) -> Vec<TraceGroup> {
+/// Calls `f(trace ID, origin index, spans)` for every run of a request's spans that share a
+/// trace and an origin, in arrival order within the run. Traces come ordered by buffer shard,
+/// and a trace's runs are consecutive.
+fn for_each_trace_run<'s>(
+    spans: &'s [SpanRef],
+    mut f: impl FnMut(TraceId, usize, &mut dyn Iterator<Item = &'s SpanRef>),
+) {
     // Sort span indexes by (shard, trace, origin, arrival), with the keys computed once.
     let mut keyed: Vec<(u8, u128, u32, u32)> = spans
         .iter()
@@ -691,42 +973,61 @@ pub fn group_by_trace(
         })
         .collect();
     keyed.sort_unstable();
-    let order: Vec<u32> = keyed.into_iter().map(|k| k.3).collect();
+    let mut i = 0;
+    while i < keyed.len() {
+        let (_, trace, origin, _) = keyed[i];
+        let j = i + keyed[i..]
+            .iter()
+            .take_while(|k| k.1 == trace && k.2 == origin)
+            .count();
+        let mut run = keyed[i..j].iter().map(|k| &spans[k.3 as usize]);
+        f(trace.to_be_bytes(), origin as usize, &mut run);
+        i = j;
+    }
+}
+
+/// One trace's spans from one request.
+pub struct TraceGroup {
+    pub id: TraceId,
+    pub chunks: Vec<Chunk>,
+    pub has_root: bool,
+}
+
+/// Groups a request's spans by trace and, within a trace, by origin, copying each group's span
+/// bytes into a [`Chunk`]. Traces come out ordered by buffer shard.
+pub fn group_by_trace(
+    spans: &[wire::SpanRef],
+    origins: &[Arc<Origin>],
+    body: &[u8],
+) -> Vec<TraceGroup> {
     let mut groups: Vec<TraceGroup> = Vec::new();
     let mut ranges = Vec::new();
-    let mut i = 0;
-    while i < order.len() {
-        let first = &spans[order[i] as usize];
-        let mut j = i;
+    for_each_trace_run(spans, |id, origin, run| {
         ranges.clear();
         let mut has_root = false;
-        while j < order.len() {
-            let s = &spans[order[j] as usize];
-            if s.info.trace_id != first.info.trace_id || s.origin != first.origin {
-                break;
-            }
+        for s in run {
             ranges.push(s.range);
             has_root |= s.info.is_root;
-            j += 1;
         }
-        let chunk = Chunk::from_spans(Arc::clone(&origins[first.origin]), body, &ranges);
+        let chunk = Chunk::from_spans(Arc::clone(&origins[origin]), body, &ranges);
         match groups.last_mut() {
-            Some(group) if group.id == first.info.trace_id => {
+            Some(group) if group.id == id => {
                 group.chunks.push(chunk);
                 group.has_root |= has_root;
             }
             _ => groups.push(TraceGroup {
-                id: first.info.trace_id,
+                id,
                 chunks: vec![chunk],
                 has_root,
             }),
         }
-        i = j;
-    }
+    });
     groups
 }
 
-/// Builds the policies' view of a trace from its chunks.
+/// Builds the policies' view of a trace from exported-form chunks, walking each span for its
+/// summary. (The buffer itself keeps summaries and does not walk; this serves chunks that come
+/// from elsewhere, and benchmarks.)
 pub fn trace_view(id: TraceId, chunks: &[Chunk]) -> TraceView<'_> {
     let mut spans = Vec::with_capacity(chunks.iter().map(|c| c.spans as usize).sum());
     for chunk in chunks {

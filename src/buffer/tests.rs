@@ -26,9 +26,12 @@ fn settings(num_traces: usize) -> BufferSettings {
         max_trace_bytes: 0,
         block_on_overflow: false,
         num_traces,
+        max_buffered_bytes: 0,
+        compression: BufferCompression::None,
         sampled_cache_size: 100,
         non_sampled_cache_size: 100,
         drop_pending_on_shutdown: false,
+        decision_tick: Duration::ZERO,
     }
 }
 
@@ -309,4 +312,117 @@ async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     out.recv().await.unwrap();
     let parsed = crate::wire::parse_export_request(&body).unwrap();
     assert!(buffer.ingest(parsed, &body).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_max_buffered_bytes_the_oldest_traces_are_decided_early() {
+    let (probe, _out, _stop) = start(settings(100), always());
+    ingest(&probe, &[(9, 1, 0)]).await;
+    let per_trace = probe.buffered_bytes();
+    assert!(per_trace > TRACE_OVERHEAD, "{per_trace}");
+    let mut s = settings(100);
+    s.max_buffered_bytes = per_trace * 3;
+    let (buffer, mut out, _stop) = start(s, always());
+    for t in 1..=3 {
+        assert_eq!(
+            ingest(&buffer, &[(t, 1, 0)]).await.decided_early_for_bytes,
+            0
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(buffer.buffered_bytes(), per_trace * 3);
+    // A fourth trace passes the limit: the oldest one is decided now, and only it.
+    let outcome = ingest(&buffer, &[(4, 1, 0)]).await;
+    assert_eq!(outcome.decided_early_for_bytes, 1);
+    assert_eq!(outcome.decided_early, 0);
+    assert_eq!(span_ids(&out.recv().await.unwrap()), vec![(1, 1)]);
+    assert_eq!(buffer.live_traces(), 3);
+    assert!(buffer.buffered_bytes() <= per_trace * 3);
+    // Its late spans follow the decision.
+    assert_eq!(ingest(&buffer, &[(1, 2, 0)]).await.forwarded_late, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn block_on_overflow_refuses_requests_at_max_buffered_bytes() {
+    let mut s = settings(100);
+    s.block_on_overflow = true;
+    s.max_buffered_bytes = 1;
+    let (buffer, mut out, _stop) = start(s, always());
+    // Below the limit a request is taken whole, even if it passes the limit.
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
+    let body = request(&[(3, 1, 0)]);
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    assert_eq!(buffer.ingest(parsed, &body).await, Err(Overflow));
+    assert_eq!(buffer.live_traces(), 2);
+    out.recv().await.unwrap();
+    assert_eq!(buffer.buffered_bytes(), 0);
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    assert!(buffer.ingest(parsed, &body).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn compressed_traces_are_decided_on_their_summaries_and_exported_byte_for_byte() {
+    let mut s = settings(100);
+    s.compression = BufferCompression::Zstd;
+    let errors = "[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]";
+    let (buffer, mut out, _stop) = start(s, policies(errors));
+    let spans = [(1, 1, 0), (1, 2, 2), (1, 3, 0), (2, 1, 0), (2, 2, 0)];
+    ingest(&buffer, &spans).await;
+    ingest(&buffer, &[(1, 4, 0)]).await;
+    let kept = out.recv().await.unwrap();
+    assert_eq!(span_ids(&kept), vec![(1, 1), (1, 2), (1, 3), (1, 4)]);
+    // The exported spans are the received bytes.
+    let body = request(&spans);
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let sent: Vec<&[u8]> = parsed.spans[..3]
+        .iter()
+        .map(|s| &body[s.range.0..s.range.1])
+        .collect();
+    let exported: Vec<&[u8]> = kept.chunks.iter().flat_map(|c| c.spans()).collect();
+    for span in sent {
+        assert!(exported.contains(&span));
+    }
+    assert_eq!(buffer.live_traces(), 0);
+    assert_eq!(buffer.buffered_bytes(), 0);
+}
+
+#[test]
+fn a_span_summary_replaces_the_walk_at_decision_time() {
+    // The view the buffer builds from stored summaries equals the one walking the spans gives.
+    let body = request(&[(1, 1, 0), (1, 2, 2), (1, 3, 1)]);
+    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let origins: Vec<Arc<Origin>> = parsed.origins.into_iter().map(Arc::new).collect();
+    let groups = group_by_trace(&parsed.spans, &origins, &body);
+    let walked = trace_view([1; 16], &groups[0].chunks);
+    let codec = Codec::new(false);
+    let ranges: Vec<(usize, usize)> = parsed.spans.iter().map(|s| s.range).collect();
+    let summaries: Vec<SpanSummary> = parsed
+        .spans
+        .iter()
+        .map(|s| SpanSummary::of(&s.info, s.range.1 - s.range.0))
+        .collect();
+    let stored = codec.store(Arc::clone(&origins[0]), &body, &ranges, &summaries);
+    let from_summaries: Vec<_> = wire::framed_spans(stored.raw_run().unwrap())
+        .zip(stored.summaries())
+        .map(|(bytes, summary)| summary.info([1; 16], bytes))
+        .collect();
+    let walked: Vec<_> = walked.spans.iter().map(|s| s.info).collect();
+    assert_eq!(from_summaries, walked);
+}
+
+#[tokio::test(start_paused = true)]
+async fn on_the_decision_tick_grid_a_trace_is_decided_within_one_tick_of_its_deadline() {
+    let mut s = settings(100);
+    s.decision_tick = DECISION_TICK;
+    let (buffer, mut out, _stop) = start(s, always());
+    tokio::time::sleep(Duration::from_micros(1_700)).await; // off the grid
+    let first_span_at = Instant::now();
+    ingest(&buffer, &[(1, 1, 0)]).await;
+    out.recv().await.unwrap();
+    let waited = Instant::now() - first_span_at;
+    assert!(waited >= WAIT, "never early: {waited:?}");
+    assert!(
+        waited <= WAIT + DECISION_TICK,
+        "at most one tick late: {waited:?}"
+    );
 }

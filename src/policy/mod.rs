@@ -91,6 +91,15 @@ impl Decision {
         }
     }
 
+    /// Which of the three `(sampled, decision)` label pairs this decision is counted under.
+    fn label_set(self) -> usize {
+        match self {
+            Decision::Sampled | Decision::InvertSampled => 0,
+            Decision::NotSampled | Decision::InvertNotSampled => 1,
+            Decision::Dropped => 2,
+        }
+    }
+
     /// The value of the `decision` metric label.
     fn decision_label(self) -> &'static str {
         match self {
@@ -167,12 +176,40 @@ pub enum FinalDecision {
 struct NamedPolicy {
     name: String,
     policy: Box<dyn Policy>,
+    /// `count_traces_sampled` handles for this policy, one per label set (see
+    /// [`Decision::label_set`]), registered on first use: looking a labelled metric up on every
+    /// decision cost more than the policies themselves.
+    counters: [std::sync::OnceLock<metrics::Counter>; 3],
+}
+
+impl NamedPolicy {
+    fn new(name: String, policy: Box<dyn Policy>) -> Self {
+        Self {
+            name,
+            policy,
+            counters: Default::default(),
+        }
+    }
+
+    fn count(&self, decision: Decision) {
+        self.counters[decision.label_set()]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "otelcol_processor_tail_sampling_count_traces_sampled",
+                    "policy" => self.name.clone(),
+                    "sampled" => decision.sampled_label(),
+                    "decision" => decision.decision_label(),
+                )
+            })
+            .increment(1);
+    }
 }
 
 /// The configured policies, in evaluation order, with the combination rule.
 pub struct PolicySet {
     policies: Vec<NamedPolicy>,
     sample_on_first_match: bool,
+    evaluation_errors: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl PolicySet {
@@ -185,23 +222,22 @@ impl PolicySet {
             policies: drops
                 .into_iter()
                 .chain(others)
-                .map(|c| NamedPolicy {
-                    name: c.name.clone(),
-                    policy: c.build(),
-                })
+                .map(|c| NamedPolicy::new(c.name.clone(), c.build()))
                 .collect(),
             sample_on_first_match,
+            evaluation_errors: Default::default(),
         }
     }
 
     /// A set that keeps everything (a pipeline without `tail_sampling`).
     pub fn keep_all() -> Self {
         Self {
-            policies: vec![NamedPolicy {
-                name: "always_sample".into(),
-                policy: Box::new(AlwaysSample),
-            }],
+            policies: vec![NamedPolicy::new(
+                "always_sample".into(),
+                Box::new(AlwaysSample),
+            )],
             sample_on_first_match: true,
+            evaluation_errors: Default::default(),
         }
     }
 
@@ -212,21 +248,18 @@ impl PolicySet {
             let decision = match p.policy.evaluate(trace) {
                 Ok(decision) => decision,
                 Err(error) => {
-                    metrics::counter!(
-                        "otelcol_processor_tail_sampling_sampling_policy_evaluation_error"
-                    )
-                    .increment(1);
+                    self.evaluation_errors
+                        .get_or_init(|| {
+                            metrics::counter!(
+                                "otelcol_processor_tail_sampling_sampling_policy_evaluation_error"
+                            )
+                        })
+                        .increment(1);
                     tracing::debug!(policy = %p.name, %error, "sampling policy error");
                     continue;
                 }
             };
-            metrics::counter!(
-                "otelcol_processor_tail_sampling_count_traces_sampled",
-                "policy" => p.name.clone(),
-                "sampled" => decision.sampled_label(),
-                "decision" => decision.decision_label(),
-            )
-            .increment(1);
+            p.count(decision);
             seen.record(decision);
             if decision == Decision::Dropped {
                 break;
@@ -309,12 +342,12 @@ mod tests {
                 .iter()
                 .zip(&counters)
                 .enumerate()
-                .map(|(i, (r, c))| NamedPolicy {
-                    name: format!("p{i}"),
-                    policy: Box::new(Fixed(r.clone(), Arc::clone(c))),
+                .map(|(i, (r, c))| {
+                    NamedPolicy::new(format!("p{i}"), Box::new(Fixed(r.clone(), Arc::clone(c))))
                 })
                 .collect(),
             sample_on_first_match: first_match,
+            evaluation_errors: Default::default(),
         };
         (set, counters)
     }
