@@ -164,7 +164,6 @@ fn hot_paths(c: &mut Criterion) {
         sampled_cache_size: 0,
         non_sampled_cache_size: 0,
         drop_pending_on_shutdown: false,
-        decision_tick: Duration::ZERO,
     };
     let mut seed = 0u64;
     for (name, compression) in [

@@ -123,18 +123,7 @@ pub struct BufferSettings {
     pub sampled_cache_size: usize,
     pub non_sampled_cache_size: usize,
     pub drop_pending_on_shutdown: bool,
-    /// The deciders wake on a grid of this step (zero: at each deadline exactly). See
-    /// [`DECISION_TICK`].
-    pub decision_tick: Duration,
 }
-
-/// The deciders' wake-up grid in a running gateway. Waking at every trace's own deadline meant
-/// each of the 16 deciders woke about every millisecond under steady load (16,000 wake-ups and
-/// as many thread park/unpark cycles a second, whatever the rate), which at 200k spans/s was a
-/// large share of the sampler's CPU. On a shared grid the deciders wake together, 250 times a
-/// second; a decision is then at most one step later than its deadline (the lateness budget is
-/// 50 ms).
-pub const DECISION_TICK: Duration = Duration::from_millis(4);
 
 impl From<&TailSamplingConfig> for BufferSettings {
     fn from(c: &TailSamplingConfig) -> Self {
@@ -149,7 +138,6 @@ impl From<&TailSamplingConfig> for BufferSettings {
             sampled_cache_size: c.sampled_cache_size(),
             non_sampled_cache_size: c.non_sampled_cache_size(),
             drop_pending_on_shutdown: c.drop_pending_traces_on_shutdown,
-            decision_tick: DECISION_TICK,
         }
     }
 }
@@ -304,8 +292,6 @@ impl BufferMetrics {
 /// The sharded trace store and its deciders.
 pub struct TraceBuffer {
     metrics: BufferMetrics,
-    /// Origin of the deciders' wake-up grid.
-    epoch: Instant,
     shards: Box<[Shard]>,
     settings: BufferSettings,
     policies: PolicySet,
@@ -367,7 +353,6 @@ impl TraceBuffer {
             .collect();
         Arc::new(Self {
             metrics: BufferMetrics::register(),
-            epoch: Instant::now(),
             shards,
             codec: Codec::new(settings.compression == BufferCompression::Zstd),
             settings,
@@ -863,7 +848,6 @@ impl TraceBuffer {
                 continue;
             }
             let wake = &self.shards[shard].wake;
-            let next = next.map(|deadline| self.on_tick_grid(deadline));
             // Woken by a new earliest deadline (a first trace, or a root span's shorter wait).
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -871,17 +855,6 @@ impl TraceBuffer {
                 _ = tokio::time::sleep_until(next.unwrap_or(now)), if next.is_some() => {}
             }
         }
-    }
-
-    /// The first instant of the deciders' grid at or after `deadline`.
-    fn on_tick_grid(&self, deadline: Instant) -> Instant {
-        let tick = self.settings.decision_tick.as_nanos();
-        if tick == 0 || deadline <= self.epoch {
-            return deadline;
-        }
-        let since = deadline.duration_since(self.epoch).as_nanos();
-        let rounded = since.div_ceil(tick) * tick;
-        self.epoch + Duration::from_nanos(rounded as u64)
     }
 
     /// Removes every buffered trace whose ID satisfies `hand_off` and returns its spans, for a

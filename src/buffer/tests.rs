@@ -31,7 +31,6 @@ fn settings(num_traces: usize) -> BufferSettings {
         sampled_cache_size: 100,
         non_sampled_cache_size: 100,
         drop_pending_on_shutdown: false,
-        decision_tick: Duration::ZERO,
     }
 }
 
@@ -408,21 +407,4 @@ fn a_span_summary_replaces_the_walk_at_decision_time() {
         .collect();
     let walked: Vec<_> = walked.spans.iter().map(|s| s.info).collect();
     assert_eq!(from_summaries, walked);
-}
-
-#[tokio::test(start_paused = true)]
-async fn on_the_decision_tick_grid_a_trace_is_decided_within_one_tick_of_its_deadline() {
-    let mut s = settings(100);
-    s.decision_tick = DECISION_TICK;
-    let (buffer, mut out, _stop) = start(s, always());
-    tokio::time::sleep(Duration::from_micros(1_700)).await; // off the grid
-    let first_span_at = Instant::now();
-    ingest(&buffer, &[(1, 1, 0)]).await;
-    out.recv().await.unwrap();
-    let waited = Instant::now() - first_span_at;
-    assert!(waited >= WAIT, "never early: {waited:?}");
-    assert!(
-        waited <= WAIT + DECISION_TICK,
-        "at most one tick late: {waited:?}"
-    );
 }
