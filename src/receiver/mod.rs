@@ -137,6 +137,24 @@ impl OtlpReceiverConfig {
     }
 }
 
+/// Per-transport span counters, registered once: looking them up by labels on every request
+/// showed in the profile.
+struct TransportCounters {
+    accepted: metrics::Counter,
+    refused: metrics::Counter,
+}
+
+fn counters(transport: &'static str) -> &'static TransportCounters {
+    static COUNTERS: std::sync::OnceLock<[TransportCounters; 2]> = std::sync::OnceLock::new();
+    let all = COUNTERS.get_or_init(|| {
+        ["grpc", "http"].map(|t| TransportCounters {
+            accepted: metrics::counter!("otelcol_receiver_accepted_spans", "receiver" => "otlp", "transport" => t),
+            refused: metrics::counter!("otelcol_receiver_refused_spans", "receiver" => "otlp", "transport" => t),
+        })
+    });
+    &all[usize::from(transport != "grpc")]
+}
+
 /// Where accepted spans go: the tail-sampling buffer (via the cluster's ownership split when
 /// samplers coordinate), the front tier's router, or (a pipeline with neither) straight to
 /// export.
@@ -156,7 +174,7 @@ pub enum RefuseError {
     Malformed(#[from] WireError),
     #[error("the gateway is shutting down")]
     ShuttingDown,
-    #[error("the trace buffer is full (num_traces reached with block_on_overflow); retry later")]
+    #[error("the trace buffer is full (num_traces or max_buffered_bytes reached, with block_on_overflow); retry later")]
     Full,
     #[error("no sampler is known yet to route to; retry later")]
     NoBackends,
@@ -183,8 +201,7 @@ impl Intake {
         match self {
             Intake::Balance(router) => {
                 if router.route_request(parsed, body).await.is_err() {
-                    metrics::counter!("otelcol_receiver_refused_spans", "receiver" => "otlp", "transport" => transport)
-                        .increment(spans as u64);
+                    counters(transport).refused.increment(spans as u64);
                     return Err(RefuseError::NoBackends);
                 }
             }
@@ -194,8 +211,7 @@ impl Intake {
                     None => parsed,
                 };
                 if buffer.ingest(parsed, body).await.is_err() {
-                    metrics::counter!("otelcol_receiver_refused_spans", "receiver" => "otlp", "transport" => transport)
-                        .increment(spans as u64);
+                    counters(transport).refused.increment(spans as u64);
                     return Err(RefuseError::Full);
                 }
             }
@@ -223,8 +239,7 @@ impl Intake {
                 }
             }
         }
-        metrics::counter!("otelcol_receiver_accepted_spans", "receiver" => "otlp", "transport" => transport)
-            .increment(spans as u64);
+        counters(transport).accepted.increment(spans as u64);
         Ok(spans)
     }
 }
