@@ -142,14 +142,18 @@ impl Default for OtlpHttpExporterConfig {
     }
 }
 
-fn validate_common(
-    path: &str,
-    compression: &str,
-    retry: &RetryConfig,
-    queue: &QueueConfig,
-    headers: &BTreeMap<String, String>,
-    errors: &mut Vec<ConfigError>,
-) {
+/// The settings `otlp` and `otlphttp` share, borrowed for validation.
+struct CommonSettings<'a> {
+    tls: &'a TlsClientConfig,
+    compression: &'a str,
+    retry: &'a RetryConfig,
+    queue: &'a QueueConfig,
+    headers: &'a BTreeMap<String, String>,
+}
+
+fn validate_common(path: &str, c: &CommonSettings<'_>, errors: &mut Vec<ConfigError>) {
+    c.tls.validate(&format!("{path}.tls"), errors);
+    let (compression, retry, queue, headers) = (c.compression, c.retry, c.queue, c.headers);
     if !matches!(compression, "gzip" | "zstd" | "none" | "") {
         errors.push(ConfigError::new(
             format!("{path}.compression"),
@@ -174,6 +178,16 @@ fn validate_common(
 }
 
 impl OtlpExporterConfig {
+    fn common(&self) -> CommonSettings<'_> {
+        CommonSettings {
+            tls: &self.tls,
+            compression: &self.compression,
+            retry: &self.retry_on_failure,
+            queue: &self.sending_queue,
+            headers: &self.headers,
+        }
+    }
+
     pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         if self.endpoint.is_empty() {
             errors.push(ConfigError::new(
@@ -189,19 +203,21 @@ impl OtlpExporterConfig {
                 ),
             ));
         }
-        self.tls.validate(&format!("{path}.tls"), errors);
-        validate_common(
-            path,
-            &self.compression,
-            &self.retry_on_failure,
-            &self.sending_queue,
-            &self.headers,
-            errors,
-        );
+        validate_common(path, &self.common(), errors);
     }
 }
 
 impl OtlpHttpExporterConfig {
+    fn common(&self) -> CommonSettings<'_> {
+        CommonSettings {
+            tls: &self.tls,
+            compression: &self.compression,
+            retry: &self.retry_on_failure,
+            queue: &self.sending_queue,
+            headers: &self.headers,
+        }
+    }
+
     pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
         let url = self.traces_url();
         if self.endpoint.is_empty() && self.traces_endpoint.is_empty() {
@@ -228,15 +244,7 @@ impl OtlpHttpExporterConfig {
                 ),
             ));
         }
-        self.tls.validate(&format!("{path}.tls"), errors);
-        validate_common(
-            path,
-            &self.compression,
-            &self.retry_on_failure,
-            &self.sending_queue,
-            &self.headers,
-            errors,
-        );
+        validate_common(path, &self.common(), errors);
     }
 
     /// The URL traces are posted to.
