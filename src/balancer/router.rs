@@ -19,8 +19,12 @@ use super::ring::{Ring, RoutingKey};
 use crate::buffer::{group_by_trace, Chunk};
 use crate::config::{ConfigError, ExporterConfig};
 use crate::exporter::batch::encode_chunks;
+use crate::exporter::ExportBatch;
 use crate::exporter::{Exporter, OtlpExporterConfig};
-use crate::wire::{FieldReader, Origin, ParsedRequest, TraceId, Value};
+use crate::wire::{
+    encode_export_request, varint_len, FieldReader, Origin, ParsedRequest, ResourceGroup,
+    ScopeGroup, TraceId, Value,
+};
 
 /// `exporters.loadbalancing.protocol`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -184,6 +188,14 @@ impl Router {
         body: &[u8],
     ) -> Result<usize, NoBackends> {
         let spans = request.spans.len();
+        if request
+            .spans
+            .iter()
+            .all(|s| framed_span(body, s.range).is_some())
+        {
+            return self.route_in_place(&request, body).await.map(|_| spans);
+        }
+        // A sender used a non-minimal length prefix somewhere: re-frame the spans by copying.
         let origins: Vec<Arc<Origin>> = request.origins.into_iter().map(Arc::new).collect();
         let keyed: Vec<(Vec<u8>, Chunk)> = match self.routing {
             RoutingKey::TraceId => group_by_trace(&request.spans, &origins, body)
@@ -212,6 +224,76 @@ impl Router {
         };
         self.route_keyed(keyed).await?;
         Ok(spans)
+    }
+
+    /// The front tier's fast path: each backend's request is written straight from the incoming
+    /// body (resource and scope encodings, then the spans with their original framing), so a
+    /// span is copied once on its way through.
+    async fn route_in_place(&self, request: &ParsedRequest, body: &[u8]) -> Result<(), NoBackends> {
+        // Per backend: its exporter, and per origin the framed spans going to it.
+        let mut per_backend: BTreeMap<String, BackendShare<'_>> = BTreeMap::new();
+        {
+            let routes = self.read();
+            let services: Vec<Vec<u8>> = match self.routing {
+                RoutingKey::Service => request
+                    .origins
+                    .iter()
+                    .map(|o| service_name(o).unwrap_or_default().into_bytes())
+                    .collect(),
+                RoutingKey::TraceId => Vec::new(),
+            };
+            for span in &request.spans {
+                let key: &[u8] = match self.routing {
+                    RoutingKey::TraceId => &span.info.trace_id,
+                    RoutingKey::Service => &services[span.origin],
+                };
+                let endpoint = routes.ring.endpoint_for(key).ok_or(NoBackends)?;
+                let exporter = routes.backends.get(endpoint).ok_or(NoBackends)?;
+                let entry = per_backend.entry(endpoint.to_string()).or_insert_with(|| {
+                    (
+                        Arc::clone(exporter),
+                        vec![Vec::new(); request.origins.len()],
+                        0,
+                    )
+                });
+                entry.1[span.origin]
+                    .push(framed_span(body, span.range).expect("checked by the caller"));
+                entry.2 += 1;
+            }
+        }
+        for (_, (exporter, runs, spans)) in per_backend {
+            let mut groups: Vec<ResourceGroup<'_>> = Vec::new();
+            for (origin, runs) in request.origins.iter().zip(runs) {
+                if runs.is_empty() {
+                    continue;
+                }
+                let scope = ScopeGroup {
+                    scope: origin.scope.as_deref(),
+                    scope_schema_url: &origin.scope_schema_url,
+                    runs,
+                };
+                // Scopes of one resource arrive as consecutive origins: keep them together.
+                match groups.last_mut() {
+                    Some(g)
+                        if g.resource == origin.resource.as_deref()
+                            && g.resource_schema_url == &origin.resource_schema_url[..] =>
+                    {
+                        g.scopes.push(scope)
+                    }
+                    _ => groups.push(ResourceGroup {
+                        resource: origin.resource.as_deref(),
+                        resource_schema_url: &origin.resource_schema_url,
+                        scopes: vec![scope],
+                    }),
+                }
+            }
+            let batch = ExportBatch {
+                body: encode_export_request(&groups),
+                spans,
+            };
+            exporter.enqueue(batch).await;
+        }
+        Ok(())
     }
 
     /// Routes whole traces (a sampler handing off its buffer).
@@ -292,6 +374,31 @@ fn retire(exporter: Arc<Exporter>, within: Duration) {
     });
 }
 
+/// What one request sends one backend: its exporter, per origin the framed spans, the span count.
+type BackendShare<'a> = (Arc<Exporter>, Vec<Vec<&'a [u8]>>, usize);
+
+/// A span's bytes together with the `ScopeSpans.spans` field header in front of them in the
+/// request, when that header is the minimal one (`0x12`, shortest varint length), which every
+/// protobuf encoder writes. `None` otherwise.
+fn framed_span(body: &[u8], (start, end): (usize, usize)) -> Option<&[u8]> {
+    let len = end - start;
+    let header = 1 + varint_len(len as u64);
+    let from = start.checked_sub(header)?;
+    if body[from] != 0x12 {
+        return None;
+    }
+    let prefix = &body[from + 1..start];
+    let mut value = 0u64;
+    for (i, &byte) in prefix.iter().enumerate() {
+        let last = i + 1 == prefix.len();
+        if (byte & 0x80 == 0) != last {
+            return None;
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+    }
+    (value == len as u64).then_some(&body[from..end])
+}
+
 /// The `service.name` attribute of an origin's encoded resource.
 pub fn service_name(origin: &Origin) -> Option<String> {
     let resource = origin.resource.as_deref()?;
@@ -327,6 +434,21 @@ pub fn service_name(origin: &Origin) -> Option<String> {
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_span_is_taken_with_its_field_header_only_when_the_header_is_minimal() {
+        let span = vec![7u8; 200];
+        let mut body = Vec::new();
+        crate::wire::put_framed_span(&mut body, &span);
+        let start = body.len() - span.len();
+        assert_eq!(framed_span(&body, (start, body.len())), Some(&body[..]));
+        // The same span behind a padded (non-minimal) length prefix: 0x12 0xc8 0x81 0x00.
+        let mut padded = vec![0x12, 0xc8, 0x81, 0x00];
+        padded.extend_from_slice(&span);
+        assert_eq!(framed_span(&padded, (4, padded.len())), None);
+        // A span at the start of the body has no header in front of it.
+        assert_eq!(framed_span(&span, (0, span.len())), None);
+    }
 
     #[test]
     fn service_name_is_read_from_the_encoded_resource() {
