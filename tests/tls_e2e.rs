@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use support::{otlp, Gateway, SamplerPorts};
+use support::{otlp, Gateway, SamplerConfig, SamplerPorts};
 use tokio::sync::mpsc;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
@@ -51,40 +51,19 @@ async fn kept_traces_reach_a_tls_backend_trusted_through_ca_file() {
     );
 
     let ports = SamplerPorts::free();
-    let config = format!(
-        "receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:{grpc}
-processors:
-  tail_sampling:
-    decision_wait: 200ms
-    policies: [{{name: all, type: always_sample}}]
-exporters:
-  otlp/secure:
-    endpoint: localhost:{port}
-    tls:
-      ca_file: {ca}
-extensions:
-  health_check:
-    endpoint: 127.0.0.1:{health}
-service:
-  extensions: [health_check]
-  telemetry:
-    metrics:
-      address: 127.0.0.1:{metrics}
-  pipelines:
-    traces:
-      receivers: [otlp]
-      processors: [tail_sampling]
-      exporters: [otlp/secure]
-",
-        grpc = ports.grpc,
-        health = ports.health,
-        metrics = ports.metrics,
-        ca = ca_file.display(),
-    );
+    let config = SamplerConfig {
+        ports,
+        decision_wait: "200ms".into(),
+        policies: "- {name: all, type: always_sample}".into(),
+        tail_sampling_extra: String::new(),
+        batch: false,
+        exporter_id: "otlp/secure".into(),
+        exporter_endpoint: format!("localhost:{port}"),
+        // No `insecure`: TLS, trusting only the test's CA.
+        exporter_extra: format!("tls:\n  ca_file: {}\n", ca_file.display()),
+        service_extra: String::new(),
+    }
+    .render();
     let _gateway = Gateway::start(&config).await;
     let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
     let span = otlp::span(otlp::trace_id(42), otlp::span_id(1), "over tls");

@@ -228,8 +228,13 @@ impl Router {
 
     /// The front tier's fast path: each backend's request is written straight from the incoming
     /// body (resource and scope encodings, then the spans with their original framing), so a
-    /// span is copied once on its way through.
-    async fn route_in_place(&self, request: &ParsedRequest, body: &[u8]) -> Result<(), NoBackends> {
+    /// span is copied once on its way through. Returns false, having sent nothing, when a span's
+    /// field header cannot be reused (see [`framed_span`]).
+    async fn route_in_place(
+        &self,
+        request: &ParsedRequest,
+        body: &[u8],
+    ) -> Result<bool, NoBackends> {
         // Per backend: its exporter, and per origin the framed spans going to it.
         let mut per_backend: BTreeMap<String, BackendShare<'_>> = BTreeMap::new();
         {
@@ -248,17 +253,22 @@ impl Router {
                     RoutingKey::Service => &services[span.origin],
                 };
                 let endpoint = routes.ring.endpoint_for(key).ok_or(NoBackends)?;
-                let exporter = routes.backends.get(endpoint).ok_or(NoBackends)?;
-                let entry = per_backend.entry(endpoint.to_string()).or_insert_with(|| {
-                    (
+                let Some(framed) = framed_span(body, span.range) else {
+                    return Ok(false);
+                };
+                // Look up before inserting: the endpoint is copied once per backend, not per span.
+                if !per_backend.contains_key(endpoint) {
+                    let exporter = routes.backends.get(endpoint).ok_or(NoBackends)?;
+                    let share = (
                         Arc::clone(exporter),
                         vec![Vec::new(); request.origins.len()],
                         0,
-                    )
-                });
-                entry.1[span.origin]
-                    .push(framed_span(body, span.range).expect("checked by the caller"));
-                entry.2 += 1;
+                    );
+                    per_backend.insert(endpoint.to_string(), share);
+                }
+                let share = per_backend.get_mut(endpoint).expect("inserted above");
+                share.1[span.origin].push(framed);
+                share.2 += 1;
             }
         }
         for (_, (exporter, runs, spans)) in per_backend {
@@ -293,7 +303,7 @@ impl Router {
             };
             exporter.enqueue(batch).await;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Routes whole traces (a sampler handing off its buffer).
@@ -319,10 +329,13 @@ impl Router {
             let routes = self.read();
             for (key, chunk) in keyed {
                 let endpoint = routes.ring.endpoint_for(&key).ok_or(NoBackends)?;
-                let exporter = routes.backends.get(endpoint).ok_or(NoBackends)?;
+                if !per_backend.contains_key(endpoint) {
+                    let exporter = routes.backends.get(endpoint).ok_or(NoBackends)?;
+                    per_backend.insert(endpoint.to_string(), (Arc::clone(exporter), Vec::new()));
+                }
                 per_backend
-                    .entry(endpoint.to_string())
-                    .or_insert_with(|| (Arc::clone(exporter), Vec::new()))
+                    .get_mut(endpoint)
+                    .expect("inserted above")
                     .1
                     .push(chunk);
             }

@@ -963,7 +963,6 @@ fn for_each_trace_run<'s>(
 pub struct TraceGroup {
     pub id: TraceId,
     pub chunks: Vec<Chunk>,
-    pub has_root: bool,
 }
 
 /// Groups a request's spans by trace and, within a trace, by origin, copying each group's span
@@ -977,21 +976,13 @@ pub fn group_by_trace(
     let mut ranges = Vec::new();
     for_each_trace_run(spans, |id, origin, run| {
         ranges.clear();
-        let mut has_root = false;
-        for s in run {
-            ranges.push(s.range);
-            has_root |= s.info.is_root;
-        }
+        ranges.extend(run.map(|s| s.range));
         let chunk = Chunk::from_spans(Arc::clone(&origins[origin]), body, &ranges);
         match groups.last_mut() {
-            Some(group) if group.id == id => {
-                group.chunks.push(chunk);
-                group.has_root |= has_root;
-            }
+            Some(group) if group.id == id => group.chunks.push(chunk),
             _ => groups.push(TraceGroup {
                 id,
                 chunks: vec![chunk],
-                has_root,
             }),
         }
     });
