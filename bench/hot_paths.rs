@@ -22,10 +22,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 
-use tailgate::buffer::{trace_view, BufferCompression, BufferSettings, Chunk, TraceBuffer};
-use tailgate::exporter::batch::encode_chunks;
-use tailgate::policy::{PolicyConfig, PolicySet};
-use tailgate::wire::parse_export_request;
+use tailgate::otlp::{encode_chunks, parse_export_request, Chunk};
+use tailgate::policy::{PolicyConfig, PolicySet, TraceView};
+use tailgate::sampler::{BufferCompression, BufferSettings, TraceBuffer};
 
 const SPANS: usize = 512;
 const SPANS_PER_TRACE: usize = 8;
@@ -234,7 +233,7 @@ fn hot_paths(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_trace_8_spans");
     group.throughput(Throughput::Elements(SPANS_PER_TRACE as u64));
     group.bench_function("decide_trace", |b| {
-        b.iter(|| set.decide(&trace_view(trace_id, &chunks)))
+        b.iter(|| set.decide(&TraceView::from_chunks(trace_id, &chunks)))
     });
     group.finish();
 

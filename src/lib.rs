@@ -1,26 +1,26 @@
 //! tailgate: a tail-sampling gateway for OpenTelemetry traces.
 //!
-//! One pipeline: `receiver` (OTLP gRPC/HTTP) → `buffer` (traces held until `decision_wait`,
-//! decided by `policy`) → `exporter` (batched, queued, retried OTLP). `wire` walks and writes the
-//! protobuf so spans stay encoded end to end; `config` reads the Collector-format YAML;
-//! `telemetry` serves metrics and health; `app` wires the stages.
+//! The modules are layers with one direction of dependency (docs/ARCHITECTURE.md; checked by
+//! `tests/architecture.rs`):
+//!
+//! 1. [`otlp`] (the wire format, the span grouper, the stage contract), [`yaml`] (the Collector's
+//!    config conventions), [`telemetry`] (metrics catalog, logs, health): no stage, no config;
+//! 2. [`policy`] (pure sampling policies), [`exporter`] (queues, retries, transports, the
+//!    batcher), [`routing`] (resolver, ring, per-owner routing);
+//! 3. the stages: [`receiver`], [`sampler`] (buffer, decisions, cluster), [`balancer`];
+//! 4. [`config`]: the YAML file validated into typed settings;
+//! 5. [`app`]: wiring the stages by role, and the shutdown sequence.
+//!
+//! `main.rs` holds flags, signals and exit codes.
 
 pub mod app;
 pub mod balancer;
-pub mod buffer;
 pub mod config;
 pub mod exporter;
+pub mod otlp;
 pub mod policy;
 pub mod receiver;
+pub mod routing;
+pub mod sampler;
 pub mod telemetry;
-pub mod wire;
-
-/// Wire-compatible OTLP views compiled from `proto/tailgate/otlp_views.proto`.
-pub mod views {
-    include!(concat!(env!("OUT_DIR"), "/tailgate.views.rs"));
-}
-
-/// `google.rpc.Status` and `RetryInfo`, compiled from `proto/google/rpc/status.proto`.
-pub mod google_rpc {
-    include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
-}
+pub mod yaml;

@@ -1,4 +1,6 @@
-//! The `tailgate` daemon: parses flags, loads the config, installs signal handling, runs the app.
+//! The `tailgate` daemon: flags, the allocator, signals and exit codes. Everything else is the
+//! library's: the config is validated into settings (`tailgate::config`) and `tailgate::app`
+//! runs them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use tailgate::config::Config;
+use tailgate::config::{Config, Settings};
 use tailgate::telemetry;
 
 /// mimalloc instead of the system allocator: the data path allocates a few buffers per request
@@ -129,7 +131,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match run(config) {
+    match run(config.settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tailgate: {e:#}");
@@ -138,21 +140,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
-    telemetry::init_logs(&config.service.telemetry.logs);
+fn run(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init_logs(&settings.telemetry.logs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let metrics = if config.service.telemetry.metrics.level == "none" {
-            None
-        } else {
-            Some(telemetry::install_metrics().map_err(anyhow::Error::msg)?)
+        let metrics = match settings.telemetry.metrics_address {
+            None => None,
+            Some(_) => Some(telemetry::install_metrics().map_err(anyhow::Error::msg)?),
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        tailgate::app::run(config, metrics, shutdown).await?;
+        tailgate::app::run(settings, metrics, shutdown).await?;
         Ok(())
     })
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use support::config::indent;
 use support::dns::DnsServer;
 use support::{free_port, otlp, Gateway, RecordingBackend};
-use tailgate::balancer::Ring;
+use tailgate::routing::Ring;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NAME: &str = "samplers.tailgate.test";

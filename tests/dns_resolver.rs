@@ -10,8 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use support::dns::DnsServer;
-use tailgate::balancer::dns::{lookup_ip, DnsError};
-use tailgate::balancer::{Resolver, ResolverConfig};
+use tailgate::routing::dns::{lookup_ip, DnsError};
+use tailgate::routing::{Resolver, ResolverConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -37,10 +37,10 @@ impl Running {
         );
         let config: ResolverConfig = serde_yaml::from_str(&yaml).unwrap();
         let mut errors = Vec::new();
-        config.validate("resolver", &mut errors);
+        let settings = config.settings("resolver", &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
         let shutdown = CancellationToken::new();
-        let (resolver, rx) = Resolver::start(&config, shutdown.clone());
+        let (resolver, rx) = Resolver::start(&settings.unwrap(), shutdown.clone());
         Running {
             rx,
             shutdown,

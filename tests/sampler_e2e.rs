@@ -300,8 +300,8 @@ async fn malformed_grpc_requests_are_refused_and_the_gateway_keeps_serving() {
             grpc.ready().await.unwrap();
             grpc.unary(
                 tonic::Request::new(bytes::Bytes::from(body)),
-                http::uri::PathAndQuery::from_static(tailgate::receiver::EXPORT_PATH),
-                tailgate::receiver::RawBytesCodec,
+                http::uri::PathAndQuery::from_static(tailgate::otlp::EXPORT_PATH),
+                tailgate::otlp::RawBytesCodec,
             )
             .await
             .map(|_| ())
@@ -402,7 +402,7 @@ async fn send_corrupt_gzip(endpoint: &str) -> String {
     let mut frame = vec![1u8];
     frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     frame.extend_from_slice(payload);
-    let request = http::Request::post(format!("{endpoint}{}", tailgate::receiver::EXPORT_PATH))
+    let request = http::Request::post(format!("{endpoint}{}", tailgate::otlp::EXPORT_PATH))
         .header("content-type", "application/grpc")
         .header("grpc-encoding", "gzip")
         .header("te", "trailers")

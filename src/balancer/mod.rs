@@ -1,33 +1,78 @@
 //! The front tier: the Collector's `loadbalancing` exporter, routing every trace to the sampler
 //! that owns it.
 //!
-//! Data flows resolver → ring → per-sampler exporter:
-//!
-//! - [`resolver`] owns the `resolver` config block (`static` or `dns`) and a task that publishes
-//!   the sorted sampler endpoint set on a `watch` channel whenever it changes, keeping the last
-//!   good set through DNS failures;
-//! - [`dns`] is the small DNS client behind the `dns` resolver's `nameserver` option;
-//! - [`ring`] is the Collector's consistent-hash ring, built from each endpoint set, mapping a
-//!   trace ID (or `service.name`) to its sampler exactly as a Collector balancer would, so mixed
-//!   fleets agree on every trace.
-//!
-//! - [`router`] runs the `loadbalancing` exporter: the current ring plus one OTLP exporter per
-//!   sampler, routing each request's spans to their owners;
-//! - [`cluster`] keeps traces whole while samplers come and go: samplers share the ring, forward
-//!   spans they do not own and hand off buffered traces that move (see its docs for the design).
-//!
-//! Everything here is either a pure function (ring, endpoint formation, DNS packets) or a task
-//! that takes its shutdown token from the caller and uses `tokio::time` throughout.
+//! Data flows resolver → ring → per-sampler exporter: the [`crate::routing`] resolver publishes
+//! the sampler endpoint set, the [`Router`] rebuilds its ring from each set and keeps one
+//! OTLP exporter per sampler, and every request the receivers hand over ([`Balancer`] is their
+//! [`TraceConsumer`]) is split by owner and written, one request per sampler, straight from the
+//! incoming body.
 
-pub mod cluster;
-pub mod dns;
-pub mod resolver;
-pub mod ring;
-pub mod router;
+pub mod config;
 
-pub use cluster::{Cluster, ClusterConfig, FORWARDED_HEADER};
-pub use resolver::{
-    endpoint_with_port, DnsResolverConfig, Resolver, ResolverConfig, StaticResolverConfig,
-};
-pub use ring::{Ring, RoutingKey};
-pub use router::{LoadBalancingConfig, NoBackends, Router};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::otlp::{BoxFuture, Incoming, Refusal, TraceConsumer};
+use crate::routing::{BackendTemplate, NoBackends, Resolver, ResolverSettings, Router, RoutingKey};
+
+/// A front tier, validated.
+#[derive(Debug, Clone)]
+pub struct BalancerSettings {
+    /// The exporter's component ID (`loadbalancing`), as logs and metrics name it.
+    pub name: String,
+    pub routing: RoutingKey,
+    pub template: BackendTemplate,
+    pub resolver: ResolverSettings,
+}
+
+/// The running front tier: the router and the resolver feeding it.
+pub struct Balancer {
+    router: Arc<Router>,
+    _resolver: Resolver,
+}
+
+impl Balancer {
+    /// Starts resolving and routing. The resolver and the task following it stop when
+    /// `background` is cancelled.
+    pub fn start(settings: &BalancerSettings, background: CancellationToken) -> Balancer {
+        let router = Arc::new(Router::new(
+            &settings.name,
+            settings.routing,
+            settings.template.clone(),
+        ));
+        let (resolver, mut endpoints) = Resolver::start(&settings.resolver, background.clone());
+        let follower = Arc::clone(&router);
+        tokio::spawn(async move {
+            loop {
+                let current = endpoints.borrow_and_update().clone();
+                follower.set_endpoints(&current);
+                tokio::select! {
+                    _ = background.cancelled() => return,
+                    changed = endpoints.changed() => if changed.is_err() { return },
+                }
+            }
+        });
+        Balancer {
+            router,
+            _resolver: resolver,
+        }
+    }
+
+    /// Drains every sampler's queue until `deadline`.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        self.router.shutdown(deadline).await;
+    }
+}
+
+impl TraceConsumer for Balancer {
+    fn consume<'a>(&'a self, request: Incoming<'a>) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            self.router
+                .route_request(request.parsed, request.body)
+                .await
+                .map(|_| ())
+                .map_err(|NoBackends| Refusal::NoBackends)
+        })
+    }
+}

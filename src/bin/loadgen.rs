@@ -17,14 +17,13 @@
 //! Retryable statuses (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`) are retried after a capped exponential
 //! backoff and counted. The run ends with one JSON line of results on stdout.
 
-use std::ops::Range;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context as _};
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -32,8 +31,9 @@ use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span, Status,
 };
 use prost::Message as _;
+use tailgate::otlp::{parse_export_request, FieldReader, RawBytesCodec, Value, EXPORT_PATH};
 use tokio::time::Instant;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
@@ -58,9 +58,6 @@ Options:
   --print-span-size            print the average encoded size of a Span message in bytes and exit
   -h, --help                   print this help
 ";
-
-/// The gRPC method every request is sent to.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// At most this many spans are pre-built (about 130 MB); longer runs go round the pool again.
 const POOL_CAP_SPANS: u64 = 256 * 1024;
@@ -701,112 +698,26 @@ impl Pool {
     }
 }
 
-/// Offsets of the 16 trace-ID bytes of every span in an encoded `ExportTraceServiceRequest`:
-/// `resource_spans` (1) → `scope_spans` (2) → `spans` (2) → `trace_id` (1).
+/// Offsets of the 16 trace-ID bytes of every span in an encoded `ExportTraceServiceRequest`,
+/// found with the gateway's own walker. Only ever walks bytes this program encoded, so malformed
+/// input is a bug and panics.
 fn trace_id_offsets(body: &[u8]) -> Vec<usize> {
-    let mut offsets = Vec::new();
-    for resource_spans in len_fields(body, 0..body.len(), 1) {
-        for scope_spans in len_fields(body, resource_spans, 2) {
-            for span in len_fields(body, scope_spans, 2) {
-                offsets.extend(
-                    len_fields(body, span, 1)
-                        .into_iter()
-                        .filter(|trace_id| trace_id.len() == 16)
-                        .map(|trace_id| trace_id.start),
-                );
-            }
-        }
-    }
-    offsets
-}
-
-/// Byte ranges of the length-delimited fields numbered `field` in the message at `message`.
-/// Only ever walks bytes this program encoded, so malformed input is a bug and panics.
-fn len_fields(buf: &[u8], message: Range<usize>, field: u64) -> Vec<Range<usize>> {
-    let mut fields = Vec::new();
-    let mut pos = message.start;
-    while pos < message.end {
-        let key = read_varint(buf, &mut pos);
-        match key & 7 {
-            0 => {
-                read_varint(buf, &mut pos);
-            }
-            1 => pos += 8,
-            2 => {
-                let len = read_varint(buf, &mut pos) as usize;
-                if key >> 3 == field {
-                    fields.push(pos..pos + len);
+    let parsed = parse_export_request(body).expect("the load generator encodes valid requests");
+    parsed
+        .spans
+        .iter()
+        .map(|span| {
+            let (start, end) = span.range;
+            let mut fields = FieldReader::at(&body[start..end], start);
+            loop {
+                match fields.next().expect("a span this program encoded") {
+                    Some((1, Value::Len(id), at)) if id.len() == 16 => return at,
+                    Some(_) => continue,
+                    None => panic!("a span without a trace ID at byte {start}"),
                 }
-                pos += len;
             }
-            5 => pos += 4,
-            wire_type => panic!("unexpected wire type {wire_type} at byte {pos}"),
-        }
-    }
-    assert_eq!(pos, message.end, "field overruns its message");
-    fields
-}
-
-fn read_varint(buf: &[u8], pos: &mut usize) -> u64 {
-    let mut value = 0;
-    for shift in (0..64).step_by(7) {
-        let byte = buf[*pos];
-        *pos += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte < 0x80 {
-            return value;
-        }
-    }
-    panic!("varint longer than 10 bytes before byte {pos}");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Raw-bytes gRPC codec
-// ---------------------------------------------------------------------------------------------
-
-/// Sends pre-encoded message bytes as they are and discards the (empty) response message.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-#[derive(Debug)]
-struct RawEncoder;
-
-#[derive(Debug)]
-struct DiscardDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = ();
-    type Encoder = RawEncoder;
-    type Decoder = DiscardDecoder;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> DiscardDecoder {
-        DiscardDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for DiscardDecoder {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -985,7 +896,10 @@ async fn export(
             .map_err(|error| tonic::Status::unavailable(format!("channel not ready: {error}")))?;
         let request = tonic::Request::new(body.clone());
         let path = PathAndQuery::from_static(EXPORT_PATH);
-        match client.unary::<_, (), _>(request, path, RawCodec).await {
+        match client
+            .unary::<_, Bytes, _>(request, path, RawBytesCodec)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(status) if is_retryable(status.code()) && retries < MAX_RETRIES => {
                 retries += 1;

@@ -1,62 +1,42 @@
-//! Loading and validating the Collector-format YAML config.
+//! Loading the Collector-format YAML config and validating it into [`Settings`], the only thing
+//! the runtime is built from.
 //!
 //! The file has the OpenTelemetry Collector's shape (`receivers`, `processors`, `exporters`,
 //! `extensions`, `service`). Components are keyed by ID (`type` or `type/name`); the type picks
-//! the config struct, which lives in the module that runs the component (`receiver`, `buffer`,
-//! `exporter`, `telemetry`). Loading happens in three steps, each of which reports problems with
-//! the YAML path they sit at:
+//! the config struct, which lives beside the component (`receiver::config`, `sampler::config`,
+//! `exporter::config`, `balancer::config`, `routing::config`; `service.telemetry` and
+//! `health_check` in [`telemetry`]). Loading happens in three steps, each of which reports
+//! problems with the YAML path they sit at:
 //!
 //! 1. `${env:NAME}` references are expanded (as the Collector does);
 //! 2. each component's block is deserialized on its own (`deny_unknown_fields` everywhere, paths
 //!    from `serde_path_to_error`), so one bad block does not hide errors in the others;
-//! 3. [`Config::validate`] checks values and cross-references and collects every error.
+//! 3. each block is validated into its typed settings, and the pipeline into a [`Role`]; every
+//!    error is collected.
 //!
-//! Runtime types are built only from a `Config` that passed all three.
+//! A config string (a compression name, an encoding, a verbosity) is matched here, once; the
+//! settings hold enums, parsed endpoints and durations.
 
-pub mod duration;
+pub mod telemetry;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use std::collections::BTreeMap;
-use std::fmt;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::balancer::LoadBalancingConfig;
-use crate::buffer::TailSamplingConfig;
-use crate::exporter::{
-    BatchConfig, DebugExporterConfig, FileExporterConfig, OtlpExporterConfig,
-    OtlpHttpExporterConfig,
+use crate::balancer::config::LoadBalancingConfig;
+use crate::balancer::BalancerSettings;
+use crate::exporter::config::{
+    DebugExporterConfig, FileExporterConfig, OtlpExporterConfig, OtlpHttpExporterConfig,
 };
-use crate::receiver::OtlpReceiverConfig;
-use crate::telemetry::{HealthCheckConfig, TelemetryConfig};
-
-/// One problem in the config, at a YAML path such as
-/// `processors.tail_sampling.policies[2].latency.threshold_ms`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
+use crate::exporter::{BatchConfig, ExporterSettings};
+use crate::receiver::config::OtlpReceiverConfig;
+use crate::receiver::ReceiverSettings;
+use crate::sampler::config::TailSamplingConfig;
+use crate::sampler::SamplerSettings;
+use crate::telemetry::{HealthSettings, TelemetrySettings};
+use crate::yaml::{duration, expand_env, parse_block, ConfigError};
+use telemetry::{HealthCheckConfig, TelemetryConfig};
 
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +140,48 @@ fn default_grace() -> Duration {
     Duration::from_secs(30)
 }
 
-/// The whole config, every component parsed into its typed block.
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            extensions: vec![],
+            pipelines: BTreeMap::new(),
+            telemetry: TelemetryConfig::default(),
+            shutdown_grace_period: default_grace(),
+        }
+    }
+}
+
+/// What the process is, by its pipeline.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Role {
+    /// Receivers → (tail sampling) → (batch) → exporters. Without `tail_sampling` every span
+    /// passes through.
+    Sampler {
+        sampler: Option<SamplerSettings>,
+        batch: Option<BatchConfig>,
+        exporters: Vec<ExporterSettings>,
+    },
+    /// Receivers → the `loadbalancing` exporter.
+    Balancer(BalancerSettings),
+}
+
+/// A validated config: everything the runtime is built from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The receivers of the traces pipeline, in pipeline order.
+    pub receivers: Vec<ReceiverSettings>,
+    pub role: Role,
+    /// The `health_check` extensions listed in `service.extensions`.
+    pub health_checks: Vec<HealthSettings>,
+    pub telemetry: TelemetrySettings,
+    pub shutdown_grace: Duration,
+    /// Things in the config that are accepted but have no effect, logged as warnings at start.
+    pub notices: Vec<String>,
+}
+
+/// The whole config, every component parsed into its typed block, and the settings it validated
+/// into.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub receivers: BTreeMap<String, ReceiverConfig>,
@@ -168,9 +189,7 @@ pub struct Config {
     pub exporters: BTreeMap<String, ExporterConfig>,
     pub extensions: BTreeMap<String, ExtensionConfig>,
     pub service: ServiceConfig,
-    /// Components declared in the file whose block failed to parse (`processors.tail_sampling`):
-    /// their own error is reported, so references to them are not reported again.
-    unparsed: std::collections::BTreeSet<String>,
+    pub settings: Settings,
 }
 
 #[derive(Deserialize)]
@@ -189,78 +208,19 @@ struct RawConfig {
     service: serde_yaml::Value,
 }
 
-/// Deserializes one block, reporting errors at `path` + the path inside the block. An empty
-/// block (`otlp:` with nothing under it) means "all defaults", as in the Collector.
-pub fn parse_block<T: DeserializeOwned + Default>(
-    path: &str,
-    value: serde_yaml::Value,
-) -> Result<T, ConfigError> {
-    if value.is_null() {
-        return Ok(T::default());
-    }
-    serde_path_to_error::deserialize(value).map_err(|err| {
-        let inner = err.path().to_string();
-        let full = if inner == "." {
-            path.to_string()
-        } else {
-            format!("{path}.{inner}")
-        };
-        ConfigError::new(full, err.into_inner().to_string())
-    })
-}
-
-/// Serde helper: a block that is present but empty (`grpc:`) is `Some(default)`, not `None`.
-pub fn null_as_default<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de> + Default,
-{
-    Ok(Some(Option::<T>::deserialize(d)?.unwrap_or_default()))
-}
-
-/// Expands `${env:NAME}`, `${NAME}` and `${env:NAME:-default}` from the environment, as the
-/// Collector's config resolver does. `$$` is a literal `$`.
-pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find('$') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        if rest.starts_with("$$") {
-            out.push('$');
-            rest = &rest[2..];
-        } else if rest.starts_with("${") {
-            let end = rest
-                .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in `{}`", first_line(rest)))?;
-            let inner = &rest[2..end];
-            let inner = inner.strip_prefix("env:").unwrap_or(inner);
-            let (name, default) = match inner.split_once(":-") {
-                Some((n, d)) => (n, Some(d)),
-                None => (inner, None),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "`${{{inner}}}` is not an environment variable reference"
-                ));
-            }
-            match (lookup(name), default) {
-                (Some(v), _) => out.push_str(&v),
-                (None, Some(d)) => out.push_str(d),
-                (None, None) => {} // the Collector expands an unset variable to empty
-            }
-            rest = &rest[end + 1..];
-        } else {
-            out.push('$');
-            rest = &rest[1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
-fn first_line(s: &str) -> &str {
-    s.lines().next().unwrap_or(s)
+/// The config's blocks, parsed one by one.
+#[derive(Default)]
+struct Parsed {
+    receivers: BTreeMap<String, ReceiverConfig>,
+    processors: BTreeMap<String, ProcessorConfig>,
+    exporters: BTreeMap<String, ExporterConfig>,
+    extensions: BTreeMap<String, ExtensionConfig>,
+    service: ServiceConfig,
+    /// Whether the service block parsed; when not, its pipelines are not checked on top.
+    service_ok: bool,
+    /// Components declared in the file whose block failed to parse (`processors.tail_sampling`):
+    /// their own error is reported, so references to them are not reported again.
+    unparsed: BTreeSet<String>,
 }
 
 impl Config {
@@ -275,184 +235,242 @@ impl Config {
 
     /// Parses and validates config text; every error found is returned together.
     pub fn from_yaml(text: &str) -> Result<Config, LoadError> {
-        let text = expand_env(text, |name| std::env::var(name).ok())
-            .map_err(|m| LoadError::Invalid(vec![ConfigError::new("", m)]))?;
-        let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| {
-            LoadError::Invalid(vec![ConfigError::new("", format!("not valid YAML: {e}"))])
-        })?;
-        let raw: RawConfig = match serde_path_to_error::deserialize(value) {
-            Ok(raw) => raw,
-            Err(err) => {
-                let path = err.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                return Err(LoadError::Invalid(vec![ConfigError::new(
-                    path,
-                    err.into_inner().to_string(),
-                )]));
-            }
-        };
+        let raw = read_raw(text)?;
         let mut errors = Vec::new();
-        let mut config = Config {
-            receivers: BTreeMap::new(),
-            processors: BTreeMap::new(),
-            exporters: BTreeMap::new(),
-            extensions: BTreeMap::new(),
-            service: ServiceConfig {
-                extensions: vec![],
-                pipelines: BTreeMap::new(),
-                telemetry: TelemetryConfig::default(),
-                shutdown_grace_period: default_grace(),
-            },
-            unparsed: Default::default(),
-        };
-        for (id, value) in raw.receivers {
-            let path = format!("receivers.{id}");
-            let parsed = match ComponentId::parse(&id).kind.as_str() {
-                "otlp" => parse_block(&path, value).map(ReceiverConfig::Otlp),
-                other => Err(unsupported("receiver", other, &path)),
-            };
-            if parsed.is_err() {
-                config.unparsed.insert(format!("receivers.{id}"));
-            }
-            collect(parsed, &mut errors, |c| {
-                config.receivers.insert(id.clone(), c);
-            });
-        }
-        for (id, value) in raw.processors {
-            let path = format!("processors.{id}");
-            let parsed = match ComponentId::parse(&id).kind.as_str() {
-                "tail_sampling" => parse_tail_sampling(&path, value, &mut errors)
-                    .map(ProcessorConfig::TailSampling),
-                "batch" => parse_block(&path, value).map(ProcessorConfig::Batch),
-                other => Err(unsupported("processor", other, &path)),
-            };
-            if parsed.is_err() {
-                config.unparsed.insert(format!("processors.{id}"));
-            }
-            collect(parsed, &mut errors, |c| {
-                config.processors.insert(id.clone(), c);
-            });
-        }
-        for (id, value) in raw.exporters {
-            let path = format!("exporters.{id}");
-            let parsed = match ComponentId::parse(&id).kind.as_str() {
-                "otlp" | "otlp_grpc" => parse_block(&path, value).map(ExporterConfig::Otlp),
-                "otlphttp" | "otlp_http" => parse_block(&path, value).map(ExporterConfig::OtlpHttp),
-                "debug" => parse_block(&path, value).map(ExporterConfig::Debug),
-                "file" => parse_block(&path, value).map(ExporterConfig::File),
-                "loadbalancing" | "load_balancing" => {
-                    parse_block(&path, value).map(ExporterConfig::LoadBalancing)
-                }
-                other => Err(unsupported("exporter", other, &path)),
-            };
-            if parsed.is_err() {
-                config.unparsed.insert(format!("exporters.{id}"));
-            }
-            collect(parsed, &mut errors, |c| {
-                config.exporters.insert(id.clone(), c);
-            });
-        }
-        for (id, value) in raw.extensions {
-            let path = format!("extensions.{id}");
-            let parsed = match ComponentId::parse(&id).kind.as_str() {
-                "health_check" => parse_block(&path, value).map(ExtensionConfig::HealthCheck),
-                other => Err(unsupported("extension", other, &path)),
-            };
-            if parsed.is_err() {
-                config.unparsed.insert(format!("extensions.{id}"));
-            }
-            collect(parsed, &mut errors, |c| {
-                config.extensions.insert(id.clone(), c);
-            });
-        }
-        for id in raw.connectors.keys() {
-            errors.push(ConfigError::new(
-                format!("connectors.{id}"),
-                "connectors are not supported by tailgate",
-            ));
-        }
-        let service_ok = match parse_block::<Option<ServiceConfig>>("service", raw.service) {
-            Ok(Some(service)) => {
-                config.service = service;
-                true
-            }
-            Ok(None) => {
-                errors.push(ConfigError::new("service", "the service block is empty"));
-                false
-            }
-            Err(e) => {
-                errors.push(e);
-                false
-            }
-        };
-        let mut found = config.validate();
-        if !service_ok {
-            // The pipelines were not read; do not report them missing on top of the real error.
-            found.retain(|e| !e.path.starts_with("service"));
-        }
-        errors.extend(found);
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(LoadError::Invalid(errors))
+        let parsed = parse_components(raw, &mut errors);
+        let settings = parsed.settings(&mut errors);
+        match settings {
+            Some(settings) if errors.is_empty() => Ok(Config {
+                receivers: parsed.receivers,
+                processors: parsed.processors,
+                exporters: parsed.exporters,
+                extensions: parsed.extensions,
+                service: parsed.service,
+                settings,
+            }),
+            _ => Err(LoadError::Invalid(errors)),
         }
     }
+}
 
-    /// Checks values and cross-references; returns every problem found.
-    pub fn validate(&self) -> Vec<ConfigError> {
-        let mut errors = Vec::new();
+/// Expands environment references and reads the top-level blocks.
+fn read_raw(text: &str) -> Result<RawConfig, LoadError> {
+    let invalid =
+        |path: String, message: String| LoadError::Invalid(vec![ConfigError::new(path, message)]);
+    let text =
+        expand_env(text, |name| std::env::var(name).ok()).map_err(|m| invalid(String::new(), m))?;
+    let value: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| invalid(String::new(), format!("not valid YAML: {e}")))?;
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        invalid(path, err.into_inner().to_string())
+    })
+}
+
+/// Parses every component block by its type, and the service block.
+fn parse_components(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Parsed {
+    let mut parsed = Parsed::default();
+    for (id, value) in raw.receivers {
+        let path = format!("receivers.{id}");
+        let result = match ComponentId::parse(&id).kind.as_str() {
+            "otlp" => parse_block(&path, value).map(ReceiverConfig::Otlp),
+            other => Err(unsupported("receiver", other, &path)),
+        };
+        if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
+            parsed.receivers.insert(id, c);
+        }
+    }
+    for (id, value) in raw.processors {
+        let path = format!("processors.{id}");
+        let result = match ComponentId::parse(&id).kind.as_str() {
+            "tail_sampling" => {
+                parse_tail_sampling(&path, value, errors).map(ProcessorConfig::TailSampling)
+            }
+            "batch" => parse_block(&path, value).map(ProcessorConfig::Batch),
+            other => Err(unsupported("processor", other, &path)),
+        };
+        if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
+            parsed.processors.insert(id, c);
+        }
+    }
+    for (id, value) in raw.exporters {
+        let path = format!("exporters.{id}");
+        let result = match ComponentId::parse(&id).kind.as_str() {
+            "otlp" | "otlp_grpc" => parse_block(&path, value).map(ExporterConfig::Otlp),
+            "otlphttp" | "otlp_http" => parse_block(&path, value).map(ExporterConfig::OtlpHttp),
+            "debug" => parse_block(&path, value).map(ExporterConfig::Debug),
+            "file" => parse_block(&path, value).map(ExporterConfig::File),
+            "loadbalancing" | "load_balancing" => {
+                parse_block(&path, value).map(ExporterConfig::LoadBalancing)
+            }
+            other => Err(unsupported("exporter", other, &path)),
+        };
+        if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
+            parsed.exporters.insert(id, c);
+        }
+    }
+    for (id, value) in raw.extensions {
+        let path = format!("extensions.{id}");
+        let result = match ComponentId::parse(&id).kind.as_str() {
+            "health_check" => parse_block(&path, value).map(ExtensionConfig::HealthCheck),
+            other => Err(unsupported("extension", other, &path)),
+        };
+        if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
+            parsed.extensions.insert(id, c);
+        }
+    }
+    for id in raw.connectors.keys() {
+        errors.push(ConfigError::new(
+            format!("connectors.{id}"),
+            "connectors are not supported by tailgate",
+        ));
+    }
+    match parse_block::<Option<ServiceConfig>>("service", raw.service) {
+        Ok(Some(service)) => {
+            parsed.service = service;
+            parsed.service_ok = true;
+        }
+        Ok(None) => errors.push(ConfigError::new("service", "the service block is empty")),
+        Err(e) => errors.push(e),
+    }
+    parsed
+}
+
+/// A parsed block, or its error recorded (and the component remembered as unparsed).
+fn keep<T>(
+    result: Result<T, ConfigError>,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+    unparsed: &mut BTreeSet<String>,
+) -> Option<T> {
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            unparsed.insert(path.to_string());
+            errors.push(e);
+            None
+        }
+    }
+}
+
+/// Every component's settings by ID, for the pipeline to pick from.
+struct ComponentSettings {
+    receivers: BTreeMap<String, ReceiverSettings>,
+    samplers: BTreeMap<String, SamplerSettings>,
+    batches: BTreeMap<String, BatchConfig>,
+    exporters: BTreeMap<String, ExporterSettings>,
+    balancers: BTreeMap<String, BalancerSettings>,
+    health_checks: BTreeMap<String, HealthSettings>,
+}
+
+impl Parsed {
+    /// Validates every block and the pipeline; the settings when nothing was wrong.
+    fn settings(&self, errors: &mut Vec<ConfigError>) -> Option<Settings> {
+        let components = self.component_settings(errors);
+        let telemetry = self.service.telemetry.settings("service.telemetry", errors);
+        if !self.service_ok {
+            return None;
+        }
+        let health_checks = self.service_extensions(&components, errors);
+        let mut notices = Vec::new();
+        let (receivers, role) = self.traces_pipeline(&components, errors, &mut notices)?;
+        Some(Settings {
+            receivers,
+            role,
+            health_checks,
+            telemetry,
+            shutdown_grace: self.service.shutdown_grace_period,
+            notices,
+        })
+    }
+
+    /// Validates every declared component, used by a pipeline or not.
+    fn component_settings(&self, errors: &mut Vec<ConfigError>) -> ComponentSettings {
+        let mut out = ComponentSettings {
+            receivers: BTreeMap::new(),
+            samplers: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            exporters: BTreeMap::new(),
+            balancers: BTreeMap::new(),
+            health_checks: BTreeMap::new(),
+        };
         for (id, receiver) in &self.receivers {
-            match receiver {
-                ReceiverConfig::Otlp(c) => c.validate(&format!("receivers.{id}"), &mut errors),
+            let path = format!("receivers.{id}");
+            let ReceiverConfig::Otlp(c) = receiver;
+            if let Some(s) = c.settings(id, &path, errors) {
+                out.receivers.insert(id.clone(), s);
             }
         }
         for (id, processor) in &self.processors {
             let path = format!("processors.{id}");
             match processor {
-                ProcessorConfig::TailSampling(c) => c.validate(&path, &mut errors),
-                ProcessorConfig::Batch(c) => c.validate(&path, &mut errors),
+                ProcessorConfig::TailSampling(c) => {
+                    if let Some(s) = c.settings(&path, errors) {
+                        out.samplers.insert(id.clone(), s);
+                    }
+                }
+                ProcessorConfig::Batch(c) => {
+                    c.validate(&path, errors);
+                    out.batches.insert(id.clone(), c.clone());
+                }
             }
         }
         for (id, exporter) in &self.exporters {
             let path = format!("exporters.{id}");
-            match exporter {
-                ExporterConfig::Otlp(c) => c.validate(&path, &mut errors),
-                ExporterConfig::OtlpHttp(c) => c.validate(&path, &mut errors),
-                ExporterConfig::Debug(c) => c.validate(&path, &mut errors),
-                ExporterConfig::File(c) => c.validate(&path, &mut errors),
-                ExporterConfig::LoadBalancing(c) => c.validate(&path, &mut errors),
+            let settings = match exporter {
+                ExporterConfig::Otlp(c) => c.settings(id, &path, errors),
+                ExporterConfig::OtlpHttp(c) => c.settings(id, &path, errors),
+                ExporterConfig::Debug(c) => c.settings(id, &path, errors),
+                ExporterConfig::File(c) => c.settings(id, &path, errors),
+                ExporterConfig::LoadBalancing(c) => {
+                    if let Some(s) = c.settings(id, &path, errors) {
+                        out.balancers.insert(id.clone(), s);
+                    }
+                    continue;
+                }
+            };
+            if let Some(s) = settings {
+                out.exporters.insert(id.clone(), s);
             }
         }
         for (id, extension) in &self.extensions {
-            match extension {
-                ExtensionConfig::HealthCheck(c) => {
-                    c.validate(&format!("extensions.{id}"), &mut errors)
-                }
-            }
+            let ExtensionConfig::HealthCheck(c) = extension;
+            let s = c.settings(&format!("extensions.{id}"), errors);
+            out.health_checks.insert(id.clone(), s);
         }
-        self.service
-            .telemetry
-            .validate("service.telemetry", &mut errors);
-        for (i, ext) in self.service.extensions.iter().enumerate() {
-            if !self.extensions.contains_key(ext)
-                && !self.unparsed.contains(&format!("extensions.{ext}"))
-            {
-                errors.push(ConfigError::new(
-                    format!("service.extensions[{i}]"),
-                    format!("extension `{ext}` is not defined under `extensions`"),
-                ));
-            }
-        }
-        self.validate_pipelines(&mut errors);
-        errors
+        out
     }
 
-    fn validate_pipelines(&self, errors: &mut Vec<ConfigError>) {
+    /// The health checks `service.extensions` enables; undefined names are errors.
+    fn service_extensions(
+        &self,
+        components: &ComponentSettings,
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<HealthSettings> {
+        let mut health_checks = Vec::new();
+        for (i, ext) in self.service.extensions.iter().enumerate() {
+            match components.health_checks.get(ext) {
+                Some(h) => health_checks.push(h.clone()),
+                None if self.extensions.contains_key(ext)
+                    || self.unparsed.contains(&format!("extensions.{ext}")) => {}
+                None => errors.push(ConfigError::new(
+                    format!("service.extensions[{i}]"),
+                    format!("extension `{ext}` is not defined under `extensions`"),
+                )),
+            }
+        }
+        health_checks
+    }
+
+    /// Checks `service.pipelines` and picks the one traces pipeline's components.
+    fn traces_pipeline(
+        &self,
+        components: &ComponentSettings,
+        errors: &mut Vec<ConfigError>,
+        notices: &mut Vec<String>,
+    ) -> Option<(Vec<ReceiverSettings>, Role)> {
         let pipelines = &self.service.pipelines;
-        let traces: Vec<&String> = pipelines
-            .keys()
-            .filter(|id| ComponentId::parse(id).kind == "traces")
-            .collect();
         for id in pipelines.keys() {
             let kind = ComponentId::parse(id).kind;
             if kind != "traces" {
@@ -462,104 +480,176 @@ impl Config {
                 ));
             }
         }
-        match traces.len() {
-            0 => errors.push(ConfigError::new(
-                "service.pipelines",
-                "a `traces` pipeline is required",
-            )),
-            1 => {}
-            _ => errors.push(ConfigError::new(
-                "service.pipelines",
-                "only one traces pipeline is supported; found several",
-            )),
-        }
-        for id in traces {
-            let p = &pipelines[id];
-            let base = format!("service.pipelines.{id}");
-            if p.receivers.is_empty() {
+        let traces: Vec<(&String, &PipelineConfig)> = pipelines
+            .iter()
+            .filter(|(id, _)| ComponentId::parse(id).kind == "traces")
+            .collect();
+        let (id, pipeline) = match traces.as_slice() {
+            [] => {
                 errors.push(ConfigError::new(
-                    format!("{base}.receivers"),
-                    "at least one receiver is required",
+                    "service.pipelines",
+                    "a `traces` pipeline is required",
                 ));
+                return None;
             }
-            if p.exporters.is_empty() {
+            [one] => *one,
+            _ => {
                 errors.push(ConfigError::new(
-                    format!("{base}.exporters"),
-                    "at least one exporter is required",
+                    "service.pipelines",
+                    "only one traces pipeline is supported; found several",
                 ));
+                return None;
             }
-            for (i, r) in p.receivers.iter().enumerate() {
-                if !self.receivers.contains_key(r)
-                    && !self.unparsed.contains(&format!("receivers.{r}"))
-                {
-                    errors.push(ConfigError::new(
-                        format!("{base}.receivers[{i}]"),
-                        format!("receiver `{r}` is not defined under `receivers`"),
-                    ));
-                }
-            }
-            let mut seen_tail_sampling = 0;
-            let mut seen_batch = 0;
-            for (i, pr) in p.processors.iter().enumerate() {
-                match self.processors.get(pr) {
-                    None if self.unparsed.contains(&format!("processors.{pr}")) => {}
-                    None => errors.push(ConfigError::new(
-                        format!("{base}.processors[{i}]"),
-                        format!("processor `{pr}` is not defined under `processors`"),
-                    )),
-                    Some(ProcessorConfig::TailSampling(_)) => seen_tail_sampling += 1,
-                    Some(ProcessorConfig::Batch(_)) => seen_batch += 1,
-                }
-            }
-            if seen_tail_sampling > 1 || seen_batch > 1 {
-                errors.push(ConfigError::new(
-                    format!("{base}.processors"),
-                    "at most one tail_sampling and one batch processor per pipeline",
-                ));
-            }
-            let balancers = p
-                .exporters
-                .iter()
-                .filter(|e| {
-                    matches!(
-                        self.exporters.get(*e),
-                        Some(ExporterConfig::LoadBalancing(_))
-                    )
-                })
-                .count();
-            if balancers > 0 && p.exporters.len() > 1 {
-                errors.push(ConfigError::new(
-                    format!("{base}.exporters"),
-                    "a front-tier pipeline has the loadbalancing exporter as its only exporter",
-                ));
-            }
-            if balancers > 0 && seen_tail_sampling > 0 {
-                errors.push(ConfigError::new(
-                    format!("{base}.processors"),
-                    "tail_sampling and loadbalancing do not go in one pipeline: run a front tier (loadbalancing) and a sampler tier (tail_sampling)",
-                ));
-            }
-            for (i, e) in p.exporters.iter().enumerate() {
-                if !self.exporters.contains_key(e)
-                    && !self.unparsed.contains(&format!("exporters.{e}"))
-                {
-                    errors.push(ConfigError::new(
-                        format!("{base}.exporters[{i}]"),
-                        format!("exporter `{e}` is not defined under `exporters`"),
-                    ));
-                }
-            }
-        }
+        };
+        let base = format!("service.pipelines.{id}");
+        let receivers = self.pipeline_receivers(&base, pipeline, components, errors);
+        let role = self.pipeline_role(&base, pipeline, components, errors, notices);
+        Some((receivers, role?))
     }
 
-    /// The one traces pipeline (validated to exist).
-    pub fn traces_pipeline(&self) -> &PipelineConfig {
-        self.service
-            .pipelines
+    /// Whether `section.name` failed to parse (its own error was reported).
+    fn is_unparsed(&self, section: &str, name: &str) -> bool {
+        self.unparsed.contains(&format!("{section}.{name}"))
+    }
+
+    fn pipeline_receivers(
+        &self,
+        base: &str,
+        pipeline: &PipelineConfig,
+        components: &ComponentSettings,
+        errors: &mut Vec<ConfigError>,
+    ) -> Vec<ReceiverSettings> {
+        if pipeline.receivers.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{base}.receivers"),
+                "at least one receiver is required",
+            ));
+        }
+        let mut receivers = Vec::new();
+        for (i, r) in pipeline.receivers.iter().enumerate() {
+            match components.receivers.get(r) {
+                Some(s) => receivers.push(s.clone()),
+                None if self.receivers.contains_key(r) || self.is_unparsed("receivers", r) => {}
+                None => errors.push(ConfigError::new(
+                    format!("{base}.receivers[{i}]"),
+                    format!("receiver `{r}` is not defined under `receivers`"),
+                )),
+            }
+        }
+        receivers
+    }
+
+    /// The processors and exporters of the pipeline, as a sampler or a balancer.
+    fn pipeline_role(
+        &self,
+        base: &str,
+        pipeline: &PipelineConfig,
+        components: &ComponentSettings,
+        errors: &mut Vec<ConfigError>,
+        notices: &mut Vec<String>,
+    ) -> Option<Role> {
+        let before = errors.len();
+        let mut samplers = Vec::new();
+        let mut batches = Vec::new();
+        for (i, p) in pipeline.processors.iter().enumerate() {
+            match self.processors.get(p) {
+                None if self.is_unparsed("processors", p) => {}
+                None => errors.push(ConfigError::new(
+                    format!("{base}.processors[{i}]"),
+                    format!("processor `{p}` is not defined under `processors`"),
+                )),
+                Some(ProcessorConfig::TailSampling(_)) => samplers.push(p),
+                Some(ProcessorConfig::Batch(_)) => batches.push(p),
+            }
+        }
+        if samplers.len() > 1 || batches.len() > 1 {
+            errors.push(ConfigError::new(
+                format!("{base}.processors"),
+                "at most one tail_sampling and one batch processor per pipeline",
+            ));
+        }
+        let (exporters, mut balancers) =
+            self.pipeline_exporters(base, pipeline, components, errors);
+        let front_tier = pipeline.exporters.iter().any(|e| {
+            matches!(
+                self.exporters.get(e),
+                Some(ExporterConfig::LoadBalancing(_))
+            )
+        });
+        if front_tier && !samplers.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{base}.processors"),
+                "tail_sampling and loadbalancing do not go in one pipeline: run a front tier (loadbalancing) and a sampler tier (tail_sampling)",
+            ));
+        }
+        if errors.len() > before {
+            return None;
+        }
+        if let Some(balancer) = balancers.pop() {
+            if !pipeline.processors.is_empty() {
+                notices.push(format!(
+                    "{base}.processors: {:?} have no effect in a front-tier pipeline: each request's spans are routed, one request per sampler, as they arrive",
+                    pipeline.processors
+                ));
+            }
+            return Some(Role::Balancer(balancer));
+        }
+        Some(Role::Sampler {
+            sampler: samplers
+                .first()
+                .and_then(|p| components.samplers.get(*p).cloned()),
+            batch: batches
+                .first()
+                .and_then(|p| components.batches.get(*p).cloned()),
+            exporters,
+        })
+    }
+
+    /// The pipeline's exporters and balancers, checked against what is defined.
+    fn pipeline_exporters(
+        &self,
+        base: &str,
+        pipeline: &PipelineConfig,
+        components: &ComponentSettings,
+        errors: &mut Vec<ConfigError>,
+    ) -> (Vec<ExporterSettings>, Vec<BalancerSettings>) {
+        if pipeline.exporters.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{base}.exporters"),
+                "at least one exporter is required",
+            ));
+        }
+        let mut exporters = Vec::new();
+        let mut balancers = Vec::new();
+        for (i, e) in pipeline.exporters.iter().enumerate() {
+            if let Some(b) = components.balancers.get(e) {
+                balancers.push(b.clone());
+            } else if let Some(x) = components.exporters.get(e) {
+                exporters.push(x.clone());
+            } else if !self.exporters.contains_key(e) && !self.is_unparsed("exporters", e) {
+                errors.push(ConfigError::new(
+                    format!("{base}.exporters[{i}]"),
+                    format!("exporter `{e}` is not defined under `exporters`"),
+                ));
+            }
+        }
+        let declared_balancers = pipeline
+            .exporters
             .iter()
-            .find(|(id, _)| ComponentId::parse(id).kind == "traces")
-            .map(|(_, p)| p)
-            .expect("validated config has a traces pipeline")
+            .filter(|e| {
+                matches!(
+                    self.exporters.get(*e),
+                    Some(ExporterConfig::LoadBalancing(_))
+                )
+            })
+            .count();
+        if declared_balancers > 0 && pipeline.exporters.len() > 1 {
+            errors.push(ConfigError::new(
+                format!("{base}.exporters"),
+                "a front-tier pipeline has the loadbalancing exporter as its only exporter",
+            ));
+        }
+        (exporters, balancers)
     }
 }
 
@@ -600,14 +690,6 @@ fn unsupported(what: &str, kind: &str, path: &str) -> ConfigError {
         format!("{what} type `{kind}` is not supported by tailgate"),
     )
 }
-
-fn collect<T>(result: Result<T, ConfigError>, errors: &mut Vec<ConfigError>, ok: impl FnOnce(T)) {
-    match result {
-        Ok(v) => ok(v),
-        Err(e) => errors.push(e),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,15 +861,5 @@ service:
         let errors = errors_of(&yaml);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("telemetri"), "{errors:?}");
-    }
-
-    #[test]
-    fn environment_references_expand() {
-        let lookup = |name: &str| (name == "TEMPO").then(|| "tempo:4317".to_string());
-        assert_eq!(
-            expand_env("a: ${env:TEMPO}\nb: ${MISSING:-dflt}\nc: $$x", lookup).unwrap(),
-            "a: tempo:4317\nb: dflt\nc: $x"
-        );
-        assert!(expand_env("a: ${env:TEMPO", lookup).is_err());
     }
 }

@@ -1,20 +1,21 @@
 //! `processors.batch`: collects kept spans into export requests of about `send_batch_size` spans,
-//! or whatever arrived within `timeout`, grouped by resource and scope.
+//! or whatever arrived within `timeout`, grouped by resource and scope
+//! ([`crate::otlp::encode_chunks`]).
 //!
-//! Grouping is by the bytes of the resource and scope encodings, so spans of one service sent in
-//! different requests (hence different `Origin` copies) still share one `ResourceSpans`.
+//! The batcher reads the pipeline's input channel until told to stop; then it closes the channel
+//! (a later send fails, and the sender counts the drop), takes what was already queued, flushes,
+//! and returns.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{ExportBatch, Fanout};
-use crate::buffer::{Chunk, Kept};
-use crate::config::{duration, ConfigError};
-use crate::wire::{self, ResourceGroup, ScopeGroup};
+use super::Fanout;
+use crate::otlp::{encode_chunks, Chunk, SpanBatch};
+use crate::yaml::{duration, ConfigError};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -50,43 +51,6 @@ impl BatchConfig {
     }
 }
 
-/// Encodes chunks as one `ExportTraceServiceRequest`, grouped by resource then scope.
-pub fn encode_chunks(chunks: &[Chunk]) -> ExportBatch {
-    type ResourceKey<'a> = (Option<&'a [u8]>, &'a [u8]);
-    let mut resources: Vec<ResourceGroup<'_>> = Vec::new();
-    let mut resource_index: HashMap<ResourceKey<'_>, usize> = HashMap::new();
-    type ScopeKey<'a> = (usize, Option<&'a [u8]>, &'a [u8]);
-    let mut scope_index: HashMap<ScopeKey<'_>, usize> = HashMap::new();
-    let mut spans = 0;
-    for chunk in chunks {
-        spans += chunk.spans as usize;
-        let o = &chunk.origin;
-        let rkey = (o.resource.as_deref(), &o.resource_schema_url[..]);
-        let r = *resource_index.entry(rkey).or_insert_with(|| {
-            resources.push(ResourceGroup {
-                resource: rkey.0,
-                resource_schema_url: rkey.1,
-                scopes: Vec::new(),
-            });
-            resources.len() - 1
-        });
-        let skey = (r, o.scope.as_deref(), &o.scope_schema_url[..]);
-        let s = *scope_index.entry(skey).or_insert_with(|| {
-            resources[r].scopes.push(ScopeGroup {
-                scope: skey.1,
-                scope_schema_url: skey.2,
-                runs: Vec::new(),
-            });
-            resources[r].scopes.len() - 1
-        });
-        resources[r].scopes[s].runs.push(&chunk.run);
-    }
-    ExportBatch {
-        body: wire::encode_export_request(&resources),
-        spans,
-    }
-}
-
 /// Accumulates kept chunks and flushes them to the exporters.
 pub struct Batcher {
     config: Option<BatchConfig>,
@@ -98,11 +62,16 @@ impl Batcher {
         Self { config }
     }
 
-    /// Runs until `input` closes, flushing what is pending at the end; returns the exporters
-    /// so the caller can drain them.
-    pub async fn run(self, mut input: mpsc::Receiver<Kept>, fanout: Fanout) -> Fanout {
+    /// Runs until `stop` is cancelled, then takes what is still queued in `input`, flushes it
+    /// and returns the exporters so the caller can drain them.
+    pub async fn run(
+        self,
+        mut input: mpsc::Receiver<SpanBatch>,
+        fanout: Fanout,
+        stop: CancellationToken,
+    ) -> Fanout {
         let Some(config) = self.config else {
-            while let Some(kept) = input.recv().await {
+            while let Some(kept) = next(&mut input, &stop).await {
                 fanout.send(encode_chunks(&kept.chunks)).await;
             }
             return fanout;
@@ -118,7 +87,7 @@ impl Batcher {
         let mut flush_at: Option<Instant> = None;
         loop {
             let received = tokio::select! {
-                kept = input.recv() => kept,
+                kept = next(&mut input, &stop) => kept,
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     flush(&fanout, &mut pending, &mut pending_spans).await;
                     flush_at = None;
@@ -147,6 +116,22 @@ impl Batcher {
     }
 }
 
+/// The next batch from the pipeline's input; once `stop` is cancelled the input is closed (later
+/// senders are refused) and what was queued before is still returned, then `None`.
+async fn next(
+    input: &mut mpsc::Receiver<SpanBatch>,
+    stop: &CancellationToken,
+) -> Option<SpanBatch> {
+    tokio::select! {
+        biased;
+        kept = input.recv() => kept,
+        _ = stop.cancelled() => {
+            input.close();
+            input.recv().await
+        }
+    }
+}
+
 async fn flush(fanout: &Fanout, pending: &mut Vec<Chunk>, pending_spans: &mut usize) {
     if pending.is_empty() {
         return;
@@ -155,58 +140,4 @@ async fn flush(fanout: &Fanout, pending: &mut Vec<Chunk>, pending_spans: &mut us
     pending.clear();
     *pending_spans = 0;
     fanout.send(batch).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::wire::Origin;
-    use bytes::Bytes;
-    use std::sync::Arc;
-
-    fn chunk(resource: &'static [u8], scope: &'static [u8], span: &[u8]) -> Chunk {
-        let origin = Arc::new(Origin {
-            resource: Some(Bytes::from_static(resource)),
-            scope: Some(Bytes::from_static(scope)),
-            ..Default::default()
-        });
-        let mut run = Vec::new();
-        wire::put_framed_span(&mut run, span);
-        Chunk {
-            origin,
-            run: run.into(),
-            spans: 1,
-        }
-    }
-
-    #[test]
-    fn chunks_with_equal_resources_share_one_resource_spans() {
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use prost::Message;
-        // Two copies of the same resource (as from two requests) and a second scope.
-        let a = b"\x0a\x08\x0a\x01k\x12\x03\x0a\x01v";
-        let spans: Vec<Vec<u8>> = (1u8..=3)
-            .map(|i| {
-                crate::views::Span {
-                    trace_id: Bytes::from(vec![i; 16]),
-                    span_id: Bytes::from(vec![i; 8]),
-                    ..Default::default()
-                }
-                .encode_to_vec()
-            })
-            .collect();
-        let chunks = vec![
-            chunk(a, b"\x0a\x01x", &spans[0]),
-            chunk(b"", b"\x0a\x01x", &spans[1]),
-            chunk(a, b"\x0a\x01y", &spans[2]),
-        ];
-        let batch = encode_chunks(&chunks);
-        assert_eq!(batch.spans, 3);
-        let request = ExportTraceServiceRequest::decode(batch.body).unwrap();
-        assert_eq!(request.resource_spans.len(), 2);
-        let first = &request.resource_spans[0];
-        assert_eq!(first.scope_spans.len(), 2);
-        assert_eq!(first.scope_spans[0].spans[0].trace_id, vec![1; 16]);
-        assert_eq!(first.scope_spans[1].spans[0].trace_id, vec![3; 16]);
-    }
 }

@@ -12,57 +12,50 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use super::retry::{http_status_is_retryable, SendError};
-use super::{ExportBatch, OtlpHttpExporterConfig};
+use super::settings::{Compression, HttpEncoding, HttpSettings};
+use crate::otlp::json::to_otlp_json;
+use crate::otlp::EncodedBatch;
 
 pub struct HttpTransport {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: http::Uri,
     headers: Vec<(HeaderName, HeaderValue)>,
-    compression: String,
+    compression: Compression,
     json: bool,
     timeout: Duration,
 }
 
 impl HttpTransport {
-    pub fn new(config: &OtlpHttpExporterConfig) -> Result<Self, String> {
-        let url: http::Uri = config.traces_url().parse().map_err(|e| format!("{e}"))?;
-        let mut headers = Vec::new();
-        for (name, value) in &config.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|e| format!("header `{name}`: {e}"))?;
-            let value =
-                HeaderValue::from_str(value).map_err(|e| format!("header `{name}`: {e}"))?;
-            headers.push((name, value));
-        }
+    pub fn new(settings: &HttpSettings) -> Result<Self, String> {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.timeout));
+        connector.set_connect_timeout(Some(settings.timeout));
         connector.enforce_http(false);
         // TLS for https:// URLs (the Collector's rule for otlphttp), plain HTTP otherwise.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(super::tls::rustls_client_config(&config.tls)?)
+            .with_tls_config(super::tls::rustls_client_config(&settings.tls)?)
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(https),
-            url,
-            headers,
-            compression: config.compression.clone(),
-            json: config.encoding == "json",
-            timeout: config.timeout,
+            url: settings.url.clone(),
+            headers: settings.headers.clone(),
+            compression: settings.compression,
+            json: settings.encoding == HttpEncoding::Json,
+            timeout: settings.timeout,
         })
     }
 
-    pub async fn send(&self, batch: &ExportBatch) -> Result<(), SendError> {
+    pub async fn send(&self, batch: &EncodedBatch) -> Result<(), SendError> {
         let (payload, content_type) = if self.json {
-            let json = super::file::to_otlp_json(&batch.body).map_err(SendError::permanent)?;
+            let json = to_otlp_json(&batch.body).map_err(SendError::permanent)?;
             (Bytes::from(json), "application/json")
         } else {
             (batch.body.clone(), "application/x-protobuf")
         };
         let mut request = http::Request::post(self.url.clone()).header(CONTENT_TYPE, content_type);
-        let payload = match self.compression.as_str() {
-            "gzip" => {
+        let payload = match self.compression {
+            Compression::Gzip => {
                 request = request.header(CONTENT_ENCODING, "gzip");
                 let mut enc =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -73,14 +66,14 @@ impl HttpTransport {
                         .map_err(|e| SendError::permanent(e.to_string()))?,
                 )
             }
-            "zstd" => {
+            Compression::Zstd => {
                 request = request.header(CONTENT_ENCODING, "zstd");
                 Bytes::from(
                     zstd::encode_all(&payload[..], 1)
                         .map_err(|e| SendError::permanent(e.to_string()))?,
                 )
             }
-            _ => payload,
+            Compression::None => payload,
         };
         for (name, value) in &self.headers {
             request = request.header(name, value);

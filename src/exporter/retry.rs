@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::config::{duration, ConfigError};
+use crate::yaml::{duration, ConfigError};
 
 /// `retry_on_failure`, with the Collector's defaults.
 #[derive(Debug, Clone, Deserialize)]

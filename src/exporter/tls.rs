@@ -1,4 +1,4 @@
-//! TLS to backends, per the Collector's `tls` block: system-independent Mozilla roots
+//! TLS to backends, from the Collector's `tls` block ([`TlsSettings`]): system-independent Mozilla roots
 //! (webpki-roots) or `ca_file`, an optional client certificate (`cert_file` + `key_file`) for
 //! mutual TLS, and `server_name_override`. Certificates are read when the exporter starts, so a
 //! missing or malformed file stops start-up with its path.
@@ -9,68 +9,44 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use super::TlsClientConfig;
-use crate::config::ConfigError;
+use std::path::Path;
 
-impl TlsClientConfig {
-    /// Checks what can be checked without reading files.
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        if self.insecure_skip_verify {
-            errors.push(ConfigError::new(
-                format!("{path}.insecure_skip_verify"),
-                "insecure_skip_verify is not supported: trust the backend's CA with ca_file instead",
-            ));
-        }
-        if self.cert_file.is_empty() != self.key_file.is_empty() {
-            errors.push(ConfigError::new(
-                path,
-                "cert_file and key_file go together (client certificate and its key)",
-            ));
-        }
-    }
-}
+use super::settings::TlsSettings;
 
-fn read(path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 /// The tonic TLS settings for a gRPC exporter talking to `host`.
-pub fn grpc_client_tls(tls: &TlsClientConfig, host: &str) -> Result<ClientTlsConfig, String> {
-    let domain = if tls.server_name_override.is_empty() {
-        host
-    } else {
-        &tls.server_name_override
-    };
+pub fn grpc_client_tls(tls: &TlsSettings, host: &str) -> Result<ClientTlsConfig, String> {
+    let domain = tls.server_name_override.as_deref().unwrap_or(host);
     let mut config = ClientTlsConfig::new().domain_name(domain.to_string());
-    config = if tls.ca_file.is_empty() {
-        config.with_webpki_roots()
-    } else {
-        config.ca_certificate(Certificate::from_pem(read(&tls.ca_file)?))
+    config = match &tls.ca_file {
+        None => config.with_webpki_roots(),
+        Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca)?)),
     };
-    if !tls.cert_file.is_empty() {
-        config = config.identity(Identity::from_pem(
-            read(&tls.cert_file)?,
-            read(&tls.key_file)?,
-        ));
+    if let Some((cert, key)) = &tls.client_cert {
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(config)
 }
 
 /// The rustls client settings for an HTTPS exporter.
-pub fn rustls_client_config(tls: &TlsClientConfig) -> Result<rustls::ClientConfig, String> {
+pub fn rustls_client_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
-    if tls.ca_file.is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    } else {
-        let pem = read(&tls.ca_file)?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{}: {e}", tls.ca_file))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", tls.ca_file))?;
-        }
-        if roots.is_empty() {
-            return Err(format!("{}: no certificates found", tls.ca_file));
+    match &tls.ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(ca) => {
+            let pem = read(ca)?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            if roots.is_empty() {
+                return Err(format!("{}: no certificates found", ca.display()));
+            }
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -78,14 +54,14 @@ pub fn rustls_client_config(tls: &TlsClientConfig) -> Result<rustls::ClientConfi
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    if tls.cert_file.is_empty() {
+    let Some((cert_file, key_file)) = &tls.client_cert else {
         return Ok(builder.with_no_client_auth());
-    }
-    let certs = CertificateDer::pem_slice_iter(&read(&tls.cert_file)?)
+    };
+    let certs = CertificateDer::pem_slice_iter(&read(cert_file)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", tls.cert_file))?;
-    let key = PrivateKeyDer::from_pem_slice(&read(&tls.key_file)?)
-        .map_err(|e| format!("{}: {e}", tls.key_file))?;
+        .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&read(key_file)?)
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
     builder
         .with_client_auth_cert(certs, key)
         .map_err(|e| e.to_string())
@@ -105,8 +81,8 @@ mod tests {
     fn a_ca_file_becomes_the_only_trust_root() {
         let cert = rcgen::generate_simple_self_signed(vec!["backend.test".into()]).unwrap();
         let ca = write_temp(&cert.cert.pem());
-        let tls = TlsClientConfig {
-            ca_file: ca.path().display().to_string(),
+        let tls = TlsSettings {
+            ca_file: Some(ca.path().to_path_buf()),
             ..Default::default()
         };
         assert!(rustls_client_config(&tls).is_ok());
@@ -115,33 +91,20 @@ mod tests {
 
     #[test]
     fn unreadable_or_empty_certificate_files_name_the_file() {
-        let tls = TlsClientConfig {
-            ca_file: "/nonexistent/ca.pem".into(),
+        let tls = TlsSettings {
+            ca_file: Some("/nonexistent/ca.pem".into()),
             ..Default::default()
         };
         assert!(rustls_client_config(&tls)
             .unwrap_err()
             .contains("/nonexistent/ca.pem"));
         let empty = write_temp("not a certificate");
-        let tls = TlsClientConfig {
-            ca_file: empty.path().display().to_string(),
+        let tls = TlsSettings {
+            ca_file: Some(empty.path().to_path_buf()),
             ..Default::default()
         };
         assert!(rustls_client_config(&tls)
             .unwrap_err()
             .contains("no certificates"));
-    }
-
-    #[test]
-    fn skip_verify_and_a_lone_cert_file_are_config_errors() {
-        let mut errors = vec![];
-        TlsClientConfig {
-            insecure_skip_verify: true,
-            cert_file: "c.pem".into(),
-            ..Default::default()
-        }
-        .validate("exporters.otlp.tls", &mut errors);
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert_eq!(errors[0].path, "exporters.otlp.tls.insecure_skip_verify");
     }
 }

@@ -6,56 +6,16 @@
 //! sample, even `Dropped`) lets the evaluation go on; if none said no the answer is `Sampled`. A
 //! sub-policy that fails makes the `and` fail.
 
-use serde::Deserialize;
-
-use super::config::AndSubPolicyConfig;
 use super::{Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AndConfig {
-    #[serde(default)]
-    pub and_sub_policy: Vec<AndSubPolicyConfig>,
-}
-
-/// Validates an `and_sub_policy` or `drop_sub_policy` list.
-pub(crate) fn validate_list(
-    path: &str,
-    list: &[AndSubPolicyConfig],
-    within: &str,
-    errors: &mut Vec<ConfigError>,
-) {
-    if list.is_empty() {
-        errors.push(ConfigError::new(
-            path,
-            format!("list at least one sub-policy; an empty list would match every trace {within}"),
-        ));
-    }
-    for (i, sub) in list.iter().enumerate() {
-        sub.validate(&format!("{path}[{i}]"), within, errors);
-    }
-}
-
-impl AndConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        validate_list(
-            &format!("{path}.and_sub_policy"),
-            &self.and_sub_policy,
-            "in an `and` policy",
-            errors,
-        );
-    }
-
-    pub fn build(&self) -> AndPolicy {
-        AndPolicy {
-            subs: self.and_sub_policy.iter().map(|c| c.build()).collect(),
-        }
-    }
-}
 
 pub struct AndPolicy {
     subs: Vec<Box<dyn Policy>>,
+}
+
+impl AndPolicy {
+    pub fn new(subs: Vec<Box<dyn Policy>>) -> Self {
+        Self { subs }
+    }
 }
 
 /// Whether every sub-policy lets the trace through, asking them in order and stopping at the
@@ -86,6 +46,7 @@ impl Policy for AndPolicy {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::policy::config::AndConfig;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 

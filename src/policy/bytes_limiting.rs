@@ -17,8 +17,9 @@ use serde::Deserialize;
 use super::limiter::TokenBucket;
 use super::rate_limiting::{burst_or_default, validate_rate};
 use super::{sampled_if, Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
-use crate::wire::{len_field_size, Origin};
+use crate::otlp::wire::len_field_size;
+use crate::otlp::Origin;
+use crate::yaml::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

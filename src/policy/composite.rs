@@ -17,87 +17,11 @@
 //! - `max_total_spans_per_second` is not enforced across sub-policies: each sub-policy's own count
 //!   is compared with it, so the sub-policies together may keep up to the sum of their budgets.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::config::CompositeSubPolicyConfig;
 use super::{Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CompositeConfig {
-    #[serde(default)]
-    pub max_total_spans_per_second: i64,
-    /// Accepted and not used, as in the Collector.
-    #[serde(default)]
-    pub policy_order: Vec<String>,
-    #[serde(default)]
-    pub composite_sub_policy: Vec<CompositeSubPolicyConfig>,
-    #[serde(default)]
-    pub rate_allocation: Vec<RateAllocationConfig>,
-}
-
-/// `composite.rate_allocation[i]`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateAllocationConfig {
-    #[serde(default)]
-    pub policy: String,
-    #[serde(default)]
-    pub percent: i64,
-}
-
-impl CompositeConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        for (i, sub) in self.composite_sub_policy.iter().enumerate() {
-            sub.validate(&format!("{path}.composite_sub_policy[{i}]"), errors);
-        }
-    }
-
-    /// Each sub-policy's spans-per-second budget, the Collector's way.
-    fn budgets(&self) -> Vec<i64> {
-        let total = self.max_total_spans_per_second as f64;
-        let equal_share = total / self.composite_sub_policy.len() as f64;
-        let mut by_name: HashMap<&str, f64> = HashMap::new();
-        for a in &self.rate_allocation {
-            let share = if a.percent > 0 {
-                a.percent as f64 / 100.0 * total
-            } else {
-                equal_share
-            };
-            by_name.insert(&a.policy, share);
-        }
-        self.composite_sub_policy
-            .iter()
-            .map(|s| by_name.get(s.name.as_str()).map_or(0, |&v| v as i64))
-            .collect()
-    }
-
-    pub fn build(&self) -> CompositePolicy {
-        let budgets = self.budgets();
-        CompositePolicy {
-            subs: self
-                .composite_sub_policy
-                .iter()
-                .zip(budgets)
-                .map(|(c, budget)| Sub {
-                    policy: c.build(),
-                    budget,
-                })
-                .collect(),
-            max_total: self.max_total_spans_per_second,
-            window: Mutex::new(Window {
-                start: None,
-                second: 0,
-                spent: vec![0; self.composite_sub_policy.len()],
-            }),
-        }
-    }
-}
 
 struct Sub {
     policy: Box<dyn Policy>,
@@ -108,6 +32,25 @@ pub struct CompositePolicy {
     subs: Vec<Sub>,
     max_total: i64,
     window: Mutex<Window>,
+}
+
+impl CompositePolicy {
+    /// `subs`: each sub-policy with its spans-per-second budget, in evaluation order.
+    pub fn new(max_total: i64, subs: Vec<(Box<dyn Policy>, i64)>) -> Self {
+        let count = subs.len();
+        Self {
+            subs: subs
+                .into_iter()
+                .map(|(policy, budget)| Sub { policy, budget })
+                .collect(),
+            max_total,
+            window: Mutex::new(Window {
+                start: None,
+                second: 0,
+                spent: vec![0; count],
+            }),
+        }
+    }
 }
 
 struct Window {
@@ -148,6 +91,7 @@ impl Policy for CompositePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::config::CompositeConfig;
     use crate::policy::testing::*;
     use std::time::Duration;
     use tokio::time::advance;

@@ -12,19 +12,22 @@
 //! The shared types are the leaf policies ([`SHARED_TYPES`]). `not` inside `and`/`drop` is the
 //! Collector's since v0.156. Every level has `name`, `type` and one optional block per type it
 //! accepts; as in the Collector, blocks for other types than `type` are accepted and ignored.
-//! There is no `flatten` (DESIGN.md): a macro writes the shared fields into each struct.
+//! There is no `flatten` (docs/ARCHITECTURE.md, "Config"): a macro writes the shared fields into
+//! each struct.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::and::AndConfig;
+use std::collections::HashMap;
+
+use super::and::AndPolicy;
 use super::boolean_attribute::BooleanAttributeConfig;
 use super::bytes_limiting::BytesLimitingConfig;
-use super::composite::CompositeConfig;
-use super::drop::DropConfig;
+use super::composite::CompositePolicy;
+use super::drop::DropPolicy;
 use super::latency::LatencyConfig;
-use super::not::NotConfig;
+use super::not::NotPolicy;
 use super::numeric_attribute::NumericAttributeConfig;
 use super::ottl::OttlConditionConfig;
 use super::probabilistic::ProbabilisticConfig;
@@ -35,7 +38,7 @@ use super::string_attribute::StringAttributeConfig;
 use super::trace_flags::TraceFlagsPolicy;
 use super::trace_state::TraceStateConfig;
 use super::{AlwaysSample, Policy};
-use crate::config::{null_as_default, ConfigError};
+use crate::yaml::{null_as_default, ConfigError};
 
 /// Leaf policy types, accepted at every level (the Collector's `sharedPolicyCfg`).
 pub const SHARED_TYPES: &[&str] = &[
@@ -353,6 +356,163 @@ impl CompositeSubPolicyConfig {
             "and" => Box::new(block(&self.and).build()),
             other => unreachable!("policy type {other} passed validation"),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The combining policies' blocks. They nest the level structs above (and those nest them), so
+// they live in this file; the policies they build are in `and.rs`, `not.rs`, `drop.rs` and
+// `composite.rs`.
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AndConfig {
+    #[serde(default)]
+    pub and_sub_policy: Vec<AndSubPolicyConfig>,
+}
+
+/// Validates an `and_sub_policy` or `drop_sub_policy` list.
+fn validate_list(
+    path: &str,
+    list: &[AndSubPolicyConfig],
+    within: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    if list.is_empty() {
+        errors.push(ConfigError::new(
+            path,
+            format!("list at least one sub-policy; an empty list would match every trace {within}"),
+        ));
+    }
+    for (i, sub) in list.iter().enumerate() {
+        sub.validate(&format!("{path}[{i}]"), within, errors);
+    }
+}
+
+impl AndConfig {
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        validate_list(
+            &format!("{path}.and_sub_policy"),
+            &self.and_sub_policy,
+            "in an `and` policy",
+            errors,
+        );
+    }
+
+    pub fn build(&self) -> AndPolicy {
+        AndPolicy::new(self.and_sub_policy.iter().map(|c| c.build()).collect())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotConfig {
+    #[serde(default)]
+    pub not_sub_policy: Option<NotSubPolicyConfig>,
+}
+
+impl NotConfig {
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        let path = format!("{path}.not_sub_policy");
+        match &self.not_sub_policy {
+            Some(sub) => sub.validate(&path, errors),
+            None => errors.push(ConfigError::new(
+                path,
+                "a `not` policy needs a not_sub_policy",
+            )),
+        }
+    }
+
+    pub fn build(&self) -> NotPolicy {
+        NotPolicy::new(
+            self.not_sub_policy
+                .as_ref()
+                .expect("validated not_sub_policy")
+                .build(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropConfig {
+    #[serde(default)]
+    pub drop_sub_policy: Vec<AndSubPolicyConfig>,
+}
+
+impl DropConfig {
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        validate_list(
+            &format!("{path}.drop_sub_policy"),
+            &self.drop_sub_policy,
+            "in a `drop` policy",
+            errors,
+        );
+    }
+
+    pub fn build(&self) -> DropPolicy {
+        DropPolicy::new(self.drop_sub_policy.iter().map(|c| c.build()).collect())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompositeConfig {
+    #[serde(default)]
+    pub max_total_spans_per_second: i64,
+    /// Accepted and not used, as in the Collector.
+    #[serde(default)]
+    pub policy_order: Vec<String>,
+    #[serde(default)]
+    pub composite_sub_policy: Vec<CompositeSubPolicyConfig>,
+    #[serde(default)]
+    pub rate_allocation: Vec<RateAllocationConfig>,
+}
+
+/// `composite.rate_allocation[i]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateAllocationConfig {
+    #[serde(default)]
+    pub policy: String,
+    #[serde(default)]
+    pub percent: i64,
+}
+
+impl CompositeConfig {
+    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+        for (i, sub) in self.composite_sub_policy.iter().enumerate() {
+            sub.validate(&format!("{path}.composite_sub_policy[{i}]"), errors);
+        }
+    }
+
+    /// Each sub-policy's spans-per-second budget, the Collector's way.
+    pub(super) fn budgets(&self) -> Vec<i64> {
+        let total = self.max_total_spans_per_second as f64;
+        let equal_share = total / self.composite_sub_policy.len() as f64;
+        let mut by_name: HashMap<&str, f64> = HashMap::new();
+        for a in &self.rate_allocation {
+            let share = if a.percent > 0 {
+                a.percent as f64 / 100.0 * total
+            } else {
+                equal_share
+            };
+            by_name.insert(&a.policy, share);
+        }
+        self.composite_sub_policy
+            .iter()
+            .map(|s| by_name.get(s.name.as_str()).map_or(0, |&v| v as i64))
+            .collect()
+    }
+
+    pub fn build(&self) -> CompositePolicy {
+        let subs = self
+            .composite_sub_policy
+            .iter()
+            .zip(self.budgets())
+            .map(|(c, budget)| (c.build(), budget))
+            .collect();
+        CompositePolicy::new(self.max_total_spans_per_second, subs)
     }
 }
 

@@ -5,39 +5,17 @@
 //! [`super::PolicySet`] evaluates `drop` policies before all others and stops at the first
 //! `Dropped`, as the Collector does.
 
-use serde::Deserialize;
-
-use super::and::{all_match, validate_list};
-use super::config::AndSubPolicyConfig;
+use super::and::all_match;
 use super::{Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DropConfig {
-    #[serde(default)]
-    pub drop_sub_policy: Vec<AndSubPolicyConfig>,
-}
-
-impl DropConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        validate_list(
-            &format!("{path}.drop_sub_policy"),
-            &self.drop_sub_policy,
-            "in a `drop` policy",
-            errors,
-        );
-    }
-
-    pub fn build(&self) -> DropPolicy {
-        DropPolicy {
-            subs: self.drop_sub_policy.iter().map(|c| c.build()).collect(),
-        }
-    }
-}
 
 pub struct DropPolicy {
     subs: Vec<Box<dyn Policy>>,
+}
+
+impl DropPolicy {
+    pub fn new(subs: Vec<Box<dyn Policy>>) -> Self {
+        Self { subs }
+    }
 }
 
 impl Policy for DropPolicy {
@@ -54,6 +32,7 @@ impl Policy for DropPolicy {
 mod tests {
     use super::*;
     use crate::policy::and::tests::fixed;
+    use crate::policy::config::DropConfig;
     use crate::policy::testing::*;
     use Decision::*;
 

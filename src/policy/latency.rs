@@ -12,7 +12,7 @@
 use serde::Deserialize;
 
 use super::{Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
+use crate::yaml::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

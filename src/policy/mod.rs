@@ -30,7 +30,7 @@ pub mod attributes;
 mod boolean_attribute;
 mod bytes_limiting;
 mod composite;
-mod config;
+pub(crate) mod config;
 mod drop;
 mod latency;
 mod limiter;
@@ -46,18 +46,16 @@ mod string_attribute;
 mod trace_flags;
 mod trace_state;
 
-use crate::wire::{Origin, SpanInfo, TraceId, WireError};
+use crate::otlp::{read_span, Chunk, Origin, SpanInfo, TraceId, WireError};
+use crate::telemetry::catalog;
 
-pub use and::AndConfig;
 pub use boolean_attribute::BooleanAttributeConfig;
 pub use bytes_limiting::BytesLimitingConfig;
-pub use composite::{CompositeConfig, RateAllocationConfig};
 pub use config::{
-    AndSubPolicyConfig, CompositeSubPolicyConfig, NotSubPolicyConfig, PolicyConfig, SUPPORTED_TYPES,
+    AndConfig, AndSubPolicyConfig, CompositeConfig, CompositeSubPolicyConfig, DropConfig,
+    NotConfig, NotSubPolicyConfig, PolicyConfig, RateAllocationConfig, SUPPORTED_TYPES,
 };
-pub use drop::DropConfig;
 pub use latency::LatencyConfig;
-pub use not::NotConfig;
 pub use numeric_attribute::NumericAttributeConfig;
 pub use ottl::OttlConditionConfig;
 pub use probabilistic::{ProbabilisticConfig, ProbabilisticPolicy};
@@ -138,6 +136,28 @@ pub struct SpanRecord<'a> {
     pub info: SpanInfo,
 }
 
+impl<'a> TraceView<'a> {
+    /// The view of a trace held as exported-form chunks, walking each span for its summary.
+    /// (The buffer keeps summaries and builds its views without walking; this serves chunks that
+    /// come from elsewhere, and benchmarks.)
+    pub fn from_chunks(trace_id: TraceId, chunks: &'a [Chunk]) -> Self {
+        let mut spans = Vec::with_capacity(chunks.iter().map(|c| c.spans as usize).sum());
+        for chunk in chunks {
+            for bytes in chunk.spans() {
+                // Every buffered span passed `read_span` at the door, so this cannot fail.
+                if let Ok(info) = read_span(bytes, 0) {
+                    spans.push(SpanRecord {
+                        origin: &chunk.origin,
+                        bytes,
+                        info,
+                    });
+                }
+            }
+        }
+        TraceView { trace_id, spans }
+    }
+}
+
 /// A policy evaluator.
 pub trait Policy: Send + Sync {
     fn evaluate(&self, trace: &TraceView<'_>) -> Result<Decision, PolicyError>;
@@ -194,12 +214,11 @@ impl NamedPolicy {
     fn count(&self, decision: Decision) {
         self.counters[decision.label_set()]
             .get_or_init(|| {
-                metrics::counter!(
-                    "otelcol_processor_tail_sampling_count_traces_sampled",
-                    "policy" => self.name.clone(),
-                    "sampled" => decision.sampled_label(),
-                    "decision" => decision.decision_label(),
-                )
+                catalog::POLICY_DECISIONS.counter(&[
+                    &self.name,
+                    decision.sampled_label(),
+                    decision.decision_label(),
+                ])
             })
             .increment(1);
     }
@@ -249,11 +268,7 @@ impl PolicySet {
                 Ok(decision) => decision,
                 Err(error) => {
                     self.evaluation_errors
-                        .get_or_init(|| {
-                            metrics::counter!(
-                                "otelcol_processor_tail_sampling_sampling_policy_evaluation_error"
-                            )
-                        })
+                        .get_or_init(|| catalog::POLICY_ERRORS.counter(&[]))
                         .increment(1);
                     tracing::debug!(policy = %p.name, %error, "sampling policy error");
                     continue;

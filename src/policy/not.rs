@@ -2,44 +2,16 @@
 //! back. Other answers (the deprecated inverted ones, `Dropped`) pass through unchanged, and a
 //! failing sub-policy makes the `not` fail, as in the Collector.
 
-use serde::Deserialize;
-
-use super::config::NotSubPolicyConfig;
 use super::{Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotConfig {
-    #[serde(default)]
-    pub not_sub_policy: Option<NotSubPolicyConfig>,
-}
-
-impl NotConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        let path = format!("{path}.not_sub_policy");
-        match &self.not_sub_policy {
-            Some(sub) => sub.validate(&path, errors),
-            None => errors.push(ConfigError::new(
-                path,
-                "a `not` policy needs a not_sub_policy",
-            )),
-        }
-    }
-
-    pub fn build(&self) -> NotPolicy {
-        NotPolicy {
-            sub: self
-                .not_sub_policy
-                .as_ref()
-                .expect("validated not_sub_policy")
-                .build(),
-        }
-    }
-}
 
 pub struct NotPolicy {
     sub: Box<dyn Policy>,
+}
+
+impl NotPolicy {
+    pub fn new(sub: Box<dyn Policy>) -> Self {
+        Self { sub }
+    }
 }
 
 impl Policy for NotPolicy {
@@ -56,6 +28,7 @@ impl Policy for NotPolicy {
 mod tests {
     use super::*;
     use crate::policy::and::tests::{fixed, Fixed};
+    use crate::policy::config::NotConfig;
     use crate::policy::testing::*;
     use Decision::*;
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::attributes::any_resource_or_span_attribute;
 use super::{sampled_if, Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
+use crate::yaml::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 
 use super::{sampled_if, Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
+use crate::yaml::ConfigError;
 
 const DEFAULT_HASH_SALT: &str = "default-hash-seed";
 

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::limiter::TokenBucket;
 use super::{sampled_if, Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
+use crate::yaml::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

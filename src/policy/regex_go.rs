@@ -23,6 +23,7 @@ pub fn compile(pattern: &str) -> Result<Regex, regex::Error> {
 }
 
 fn translate(pattern: &str) -> String {
+    // A single pass over the pattern: the cases share the position and the class state.
     let mut out = String::with_capacity(pattern.len() + 16);
     let mut chars = pattern.chars().peekable();
     let mut in_class = false;

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{any_span, sampled_if, Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
+use crate::yaml::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use super::attributes::{any_resource_or_span_attribute, Level};
 use super::regex_go;
 use super::{sampled_if, Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
+use crate::yaml::ConfigError;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,8 +1,8 @@
 //! `trace_flags`: keeps a trace when any span has the W3C `sampled` flag (bit 0 of the low byte of
 //! `Span.flags`) set. It has no config block, as in the Collector.
 
-use super::attributes::SpanFields;
 use super::{Decision, Policy, PolicyError, TraceView};
+use crate::otlp::attributes::SpanFields;
 
 pub struct TraceFlagsPolicy;
 

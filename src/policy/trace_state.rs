@@ -9,8 +9,8 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use super::attributes::SpanFields;
 use super::{Decision, Policy, PolicyError, TraceView};
+use crate::otlp::attributes::SpanFields;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -1,5 +1,5 @@
-//! OTLP/gRPC: a hand-written tonic service for `TraceService/Export` whose codec hands the
-//! request body over as bytes, so the wire walker sees the protobuf as it arrived.
+//! OTLP/gRPC: a hand-written tonic service for `TraceService/Export` whose codec
+//! ([`RawBytesCodec`]) hands the request body over as bytes, so the wire walker sees the protobuf as it arrived.
 //!
 //! tonic reports an oversized message as OutOfRange and a body that fails to decompress as
 //! Internal; OTLP clients (and the Collector) expect ResourceExhausted and InvalidArgument, so a
@@ -11,54 +11,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::CompressionEncoding;
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::{Intake, RefuseError};
-
-/// The OTLP trace export method.
-pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
-
-/// A codec that passes message bytes through untouched, both ways.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RawBytesCodec;
-
-impl Codec for RawBytesCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawBytesCodec;
-    type Decoder = RawBytesCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawBytesCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawBytesCodec
-    }
-}
-
-impl Encoder for RawBytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawBytesCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
+use super::{GrpcServerSettings, Intake, RefuseError, Transport};
+use crate::otlp::consumer::hops_from_header;
+use crate::otlp::{RawBytesCodec, TraceConsumer, EXPORT_PATH, FORWARDED_HEADER};
+use crate::telemetry::catalog;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -82,17 +44,18 @@ impl UnaryService<Bytes> for ExportHandler {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let intake = Arc::clone(&self.0);
         Box::pin(async move {
-            let forwarded = request
-                .metadata()
-                .contains_key(crate::balancer::FORWARDED_HEADER);
+            let hops = hops_from_header(
+                request
+                    .metadata()
+                    .get(FORWARDED_HEADER)
+                    .map(|v| v.as_bytes()),
+            );
             let body = request.into_inner();
-            match intake.accept(&body, "grpc", forwarded).await {
+            match intake.accept(&body, hops).await {
                 // An empty ExportTraceServiceResponse encodes to zero bytes.
                 Ok(_) => Ok(Response::new(Bytes::new())),
                 Err(e @ RefuseError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
-                Err(
-                    e @ (RefuseError::ShuttingDown | RefuseError::Full | RefuseError::NoBackends),
-                ) => Err(Status::unavailable(e.to_string())),
+                Err(e @ RefuseError::Refused(_)) => Err(Status::unavailable(e.to_string())),
             }
         })
     }
@@ -146,13 +109,14 @@ fn rewrite_status(
         _ => None,
     };
     if let Some(new_code) = new_code {
-        let transport = "grpc";
         let reason = if new_code == "8" {
             "too_large"
         } else {
             "bad_compression"
         };
-        metrics::counter!("tailgate_receiver_rejected_requests_total", "transport" => transport, "reason" => reason).increment(1);
+        catalog::RECEIVER_REJECTED_REQUESTS
+            .counter(&["grpc", reason])
+            .increment(1);
         headers.insert("grpc-status", http::HeaderValue::from_static(new_code));
     }
     response
@@ -161,13 +125,14 @@ fn rewrite_status(
 /// Serves OTLP/gRPC on `listener` until `shutdown`; in-flight requests finish first.
 pub async fn serve_grpc(
     listener: tokio::net::TcpListener,
-    intake: Arc<Intake>,
-    max_message_bytes: usize,
+    consumer: Arc<dyn TraceConsumer>,
+    receiver: &str,
+    settings: &GrpcServerSettings,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let service = TraceServiceServer {
-        intake,
-        max_message_bytes,
+        intake: Arc::new(Intake::new(consumer, receiver, Transport::Grpc)),
+        max_message_bytes: settings.max_message_bytes,
     };
     let incoming = tokio_stream_listener(listener);
     tonic::transport::Server::builder()

@@ -17,7 +17,12 @@ use axum::Router;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Intake, RefuseError};
+use super::{HttpServerSettings, Intake, RefuseError, Transport};
+use crate::otlp::consumer::hops_from_header;
+use crate::otlp::json::json_to_protobuf;
+use crate::otlp::proto::google_rpc;
+use crate::otlp::{TraceConsumer, FORWARDED_HEADER};
+use crate::telemetry::catalog;
 
 #[derive(Clone)]
 struct HttpState {
@@ -34,104 +39,33 @@ enum Encoding {
 /// Serves OTLP/HTTP on `listener` until `shutdown`.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
-    intake: Arc<Intake>,
-    path: &str,
-    body_limit: usize,
+    consumer: Arc<dyn TraceConsumer>,
+    receiver: &str,
+    settings: &HttpServerSettings,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let state = HttpState {
+        intake: Arc::new(Intake::new(consumer, receiver, Transport::Http)),
+        body_limit: settings.body_limit,
+    };
     let router = Router::new()
-        .route(path, post(export))
+        .route(&settings.traces_path, post(export))
         .layer(DefaultBodyLimit::disable())
-        .with_state(HttpState { intake, body_limit });
+        .with_state(state);
     crate::telemetry::serve(listener, router, shutdown).await
 }
 
 async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let encoding = match content_type.as_str() {
-        "application/x-protobuf" | "application/protobuf" => Encoding::Protobuf,
-        "application/json" => Encoding::Json,
-        other => {
-            return reject(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Encoding::Json,
-                &format!("unsupported content type `{other}`; use application/x-protobuf or application/json"),
-                "unsupported_media_type",
-            )
-        }
+    let encoding = match body_encoding(&headers) {
+        Ok(encoding) => encoding,
+        Err(rejection) => return rejection.respond(Encoding::Json),
     };
-    // Read at most the limit (compressed); a larger body is refused before it is buffered.
-    let raw = match axum::body::to_bytes(body, state.body_limit).await {
-        Ok(b) => b,
-        Err(_) => {
-            return reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                encoding,
-                &format!("request body exceeds {} bytes", state.body_limit),
-                "too_large",
-            )
-        }
+    let body = match read_body(&state, &headers, encoding, body).await {
+        Ok(body) => body,
+        Err(rejection) => return rejection.respond(encoding),
     };
-    let content_encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let body = match decompress(&content_encoding, raw, state.body_limit) {
-        Ok(b) => b,
-        Err(Decompress::TooLarge) => {
-            return reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                encoding,
-                &format!("decompressed body exceeds {} bytes", state.body_limit),
-                "too_large",
-            )
-        }
-        Err(Decompress::Unsupported) => {
-            return reject(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                encoding,
-                &format!(
-                    "unsupported content encoding `{content_encoding}`; use gzip, zstd or none"
-                ),
-                "unsupported_encoding",
-            )
-        }
-        Err(Decompress::Corrupt(e)) => {
-            return reject(
-                StatusCode::BAD_REQUEST,
-                encoding,
-                &format!("body is not valid {content_encoding}: {e}"),
-                "bad_compression",
-            )
-        }
-    };
-    let body = if encoding == Encoding::Json {
-        match json_to_protobuf(&body) {
-            Ok(b) => b,
-            Err(e) => {
-                return reject(
-                    StatusCode::BAD_REQUEST,
-                    encoding,
-                    &format!("malformed OTLP JSON: {e}"),
-                    "malformed",
-                )
-            }
-        }
-    } else {
-        body
-    };
-    let forwarded = headers.contains_key(crate::balancer::FORWARDED_HEADER);
-    match state.intake.accept(&body, "http", forwarded).await {
+    let hops = hops_from_header(headers.get(FORWARDED_HEADER).map(|v| v.as_bytes()));
+    match state.intake.accept(&body, hops).await {
         Ok(_) => {
             let (content_type, payload) = match encoding {
                 // An empty ExportTraceServiceResponse.
@@ -143,7 +77,7 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         Err(e @ RefuseError::Malformed(_)) => {
             status_response(StatusCode::BAD_REQUEST, encoding, &e.to_string())
         }
-        Err(e @ (RefuseError::ShuttingDown | RefuseError::Full | RefuseError::NoBackends)) => {
+        Err(e @ RefuseError::Refused(_)) => {
             let mut response =
                 status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, &e.to_string());
             response.headers_mut().insert(
@@ -152,6 +86,99 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
             );
             response
         }
+    }
+}
+
+/// A request refused before it reached the intake: its status, the counter's reason label and
+/// the message for the client.
+struct Rejection {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, reason: &'static str, message: String) -> Self {
+        Self {
+            status,
+            reason,
+            message,
+        }
+    }
+
+    fn respond(self, encoding: Encoding) -> Response {
+        reject(self.status, encoding, &self.message, self.reason)
+    }
+}
+
+/// The body's encoding, from `Content-Type`.
+fn body_encoding(headers: &HeaderMap) -> Result<Encoding, Rejection> {
+    let content_type = header_text(headers, header::CONTENT_TYPE);
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    match media_type {
+        "application/x-protobuf" | "application/protobuf" => Ok(Encoding::Protobuf),
+        "application/json" => Ok(Encoding::Json),
+        other => Err(Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("unsupported content type `{other}`; use application/x-protobuf or application/json"),
+        )),
+    }
+}
+
+/// A header's value, lower case and trimmed; empty when absent or not text.
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// Reads, decompresses and (for JSON) converts the body to protobuf, within the body limit.
+async fn read_body(
+    state: &HttpState,
+    headers: &HeaderMap,
+    encoding: Encoding,
+    body: Body,
+) -> Result<Bytes, Rejection> {
+    let limit = state.body_limit;
+    // Read at most the limit (compressed); a larger body is refused before it is buffered.
+    let raw = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body exceeds {limit} bytes"),
+        )
+    })?;
+    let content_encoding = header_text(headers, header::CONTENT_ENCODING);
+    let body = decompress(&content_encoding, raw, limit).map_err(|e| match e {
+        Decompress::TooLarge => Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("decompressed body exceeds {limit} bytes"),
+        ),
+        Decompress::Unsupported => Rejection::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            format!("unsupported content encoding `{content_encoding}`; use gzip, zstd or none"),
+        ),
+        Decompress::Corrupt(e) => Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad_compression",
+            format!("body is not valid {content_encoding}: {e}"),
+        ),
+    })?;
+    match encoding {
+        Encoding::Protobuf => Ok(body),
+        Encoding::Json => json_to_protobuf(&body).map_err(|e| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "malformed",
+                format!("malformed OTLP JSON: {e}"),
+            )
+        }),
     }
 }
 
@@ -183,17 +210,10 @@ fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, Decompr
     Ok(Bytes::from(out))
 }
 
-/// Converts an OTLP JSON request (hex IDs, enums as numbers, int64 as string or number) to
-/// protobuf bytes.
-pub fn json_to_protobuf(json: &[u8]) -> Result<Bytes, String> {
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    let request: ExportTraceServiceRequest =
-        serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    Ok(Bytes::from(request.encode_to_vec()))
-}
-
 fn reject(status: StatusCode, encoding: Encoding, message: &str, reason: &'static str) -> Response {
-    metrics::counter!("tailgate_receiver_rejected_requests_total", "transport" => "http", "reason" => reason).increment(1);
+    catalog::RECEIVER_REJECTED_REQUESTS
+        .counter(&["http", reason])
+        .increment(1);
     status_response(status, encoding, message)
 }
 
@@ -207,7 +227,7 @@ fn status_response(status: StatusCode, encoding: Encoding, message: &str) -> Res
     };
     match encoding {
         Encoding::Protobuf => {
-            let body = crate::google_rpc::Status {
+            let body = google_rpc::Status {
                 code,
                 message: message.to_string(),
                 details: vec![],
@@ -230,21 +250,6 @@ fn status_response(status: StatusCode, encoding: Encoding, message: &str) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn otlp_json_with_hex_ids_and_string_timestamps_converts() {
-        let json = br#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"api"}}]},
-          "scopeSpans":[{"scope":{"name":"s"},"spans":[{"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
-          "name":"GET /","kind":2,"startTimeUnixNano":"1544712660000000000","endTimeUnixNano":1544712661000000000,
-          "status":{"code":2}}]}]}]}"#;
-        let body = json_to_protobuf(json).unwrap();
-        let parsed = crate::wire::parse_export_request(&body).unwrap();
-        assert_eq!(parsed.spans.len(), 1);
-        let info = parsed.spans[0].info;
-        assert_eq!(info.trace_id[0], 0x5b);
-        assert_eq!(info.status_code, 2);
-        assert_eq!(info.end_unix_nano - info.start_unix_nano, 1_000_000_000);
-    }
 
     #[test]
     fn decompression_is_bounded_and_reports_corruption() {

@@ -1,6 +1,6 @@
 //! Collector-format YAML for a sampler tier under test.
 //!
-//! [`SamplerConfig`] renders the sampler pipeline DESIGN.md describes
+//! [`SamplerConfig`] renders the sampler pipeline docs/ARCHITECTURE.md describes
 //! (`receivers: [otlp]` → `processors: [tail_sampling, (batch)]` → one exporter) with every
 //! listener on a loopback port from [`SamplerPorts`], the `health_check` extension (which
 //! [`super::Gateway`] polls for readiness) and the Prometheus metrics endpoint as

@@ -14,13 +14,13 @@
 
 use std::borrow::Cow;
 
-use crate::policy::attributes::{
+use crate::otlp::attributes::{
     find_attribute, scope_name_version, AnyValue, EventFields, SpanFields, EVENT_ATTRIBUTES,
     RESOURCE_ATTRIBUTES, SCOPE_ATTRIBUTES, SPAN_ATTRIBUTES,
 };
+use crate::otlp::WireError;
 use crate::policy::trace_state;
 use crate::policy::SpanRecord;
-use crate::wire::WireError;
 
 use super::parse::{CmpOp, Cond, Expr, Lit, MathOp, Path};
 

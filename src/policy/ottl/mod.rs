@@ -21,9 +21,9 @@ mod parse;
 
 use serde::Deserialize;
 
-use super::attributes::{repeated, EventFields, SpanFields};
 use super::{Decision, Policy, PolicyError, TraceView};
-use crate::config::ConfigError;
+use crate::otlp::attributes::{repeated, EventFields, SpanFields};
+use crate::yaml::ConfigError;
 use eval::{eval_cond, EvalError, Scope};
 use parse::{Cond, Context};
 

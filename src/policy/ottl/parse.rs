@@ -546,6 +546,7 @@ impl Parser {
     }
 
     fn resolve(&self, segments: &[String], mut keys: Vec<Vec<u8>>) -> Result<Path, String> {
+        // One match over every path OTTL spans accept: the table reads best in one place.
         let shown = {
             let mut s = segments.join(".");
             for k in &keys {

@@ -3,9 +3,14 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::balancer::ClusterConfig;
-use crate::config::{duration, ConfigError};
+use super::buffer::{BufferCompression, BufferSettings};
+use super::cluster::{ClusterSettings, FORWARDED_HEADER};
+use super::SamplerSettings;
+use crate::exporter::config::{OtlpExporterConfig, TlsClientConfig};
+use crate::exporter::RetryConfig;
 use crate::policy::PolicyConfig;
+use crate::routing::{BackendTemplate, ResolverConfig, ResolverSettings};
+use crate::yaml::{duration, ConfigError};
 
 /// The smallest non-zero `max_buffered_bytes`: below a request or two of spans the limit would
 /// decide every trace at once.
@@ -47,7 +52,7 @@ pub struct TailSamplingConfig {
     /// decision time: less memory per buffered span for some CPU.
     pub buffer_compression: BufferCompression,
     /// tailgate extension: coordinate with the other samplers so traces stay whole while the
-    /// sampler set changes (see `balancer::cluster`).
+    /// sampler set changes (see `sampler::cluster`).
     pub cluster: Option<ClusterConfig>,
 }
 
@@ -71,15 +76,6 @@ impl Default for TailSamplingConfig {
     }
 }
 
-/// `buffer_compression`: how buffered span bytes are held.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BufferCompression {
-    #[default]
-    None,
-    Zstd,
-}
-
 /// `decision_cache`: how many decided trace IDs are remembered so late spans follow the decision.
 ///
 /// The Collector disables the caches when unset but keeps decided traces in its map until
@@ -94,7 +90,9 @@ pub struct DecisionCacheConfig {
 }
 
 impl TailSamplingConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
+    /// The sampler's settings, or `None` with the errors added.
+    pub fn settings(&self, path: &str, errors: &mut Vec<ConfigError>) -> Option<SamplerSettings> {
+        let before = errors.len();
         if self.decision_wait.is_zero() {
             errors.push(ConfigError::new(
                 format!("{path}.decision_wait"),
@@ -123,9 +121,10 @@ impl TailSamplingConfig {
                 "at least one policy is required",
             ));
         }
-        if let Some(cluster) = &self.cluster {
-            cluster.validate(&format!("{path}.cluster"), errors);
-        }
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|c| c.settings(&format!("{path}.cluster"), errors));
         let mut names = std::collections::HashSet::new();
         for (i, policy) in self.policies.iter().enumerate() {
             let p = format!("{path}.policies[{i}]");
@@ -137,6 +136,26 @@ impl TailSamplingConfig {
                 ));
             }
         }
+        if errors.len() > before {
+            return None;
+        }
+        Some(SamplerSettings {
+            buffer: BufferSettings {
+                decision_wait: self.decision_wait,
+                wait_after_root: self.decision_wait_after_root_received,
+                max_trace_bytes: self.maximum_trace_size_bytes as usize,
+                block_on_overflow: self.block_on_overflow,
+                num_traces: self.num_traces as usize,
+                max_buffered_bytes: self.max_buffered_bytes as usize,
+                compression: self.buffer_compression,
+                sampled_cache_size: self.sampled_cache_size(),
+                non_sampled_cache_size: self.non_sampled_cache_size(),
+                drop_pending_on_shutdown: self.drop_pending_traces_on_shutdown,
+            },
+            policies: self.policies.clone(),
+            sample_on_first_match: self.sample_on_first_match,
+            cluster: cluster.flatten(),
+        })
     }
 
     pub fn sampled_cache_size(&self) -> usize {
@@ -152,10 +171,102 @@ impl TailSamplingConfig {
     }
 }
 
+/// `processors.tail_sampling.cluster`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This sampler exactly as the resolver lists it: `ip:port` when the resolver has a `port`
+    /// (e.g. `${env:POD_IP}:4317`), the bare IP when it has none.
+    pub endpoint: String,
+    pub resolver: ResolverConfig,
+    /// The OTLP exporter template for sampler-to-sampler traffic.
+    pub protocol: ClusterProtocol,
+    /// After the resolver stops listing a leaving sampler, how long it keeps forwarding so that
+    /// balancers resolve too. Default: twice the DNS interval (or 1s with a static resolver).
+    #[serde(with = "duration::go_opt")]
+    pub leave_quiet_period: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterProtocol {
+    pub otlp: OtlpExporterConfig,
+}
+
+impl Default for ClusterProtocol {
+    fn default() -> Self {
+        Self {
+            otlp: OtlpExporterConfig {
+                tls: TlsClientConfig {
+                    insecure: true,
+                    ..Default::default()
+                },
+                compression: "none".into(),
+                retry_on_failure: RetryConfig {
+                    initial_interval: Duration::from_millis(100),
+                    max_interval: Duration::from_secs(1),
+                    max_elapsed_time: Duration::from_secs(60),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The cluster's settings, or `None` with the errors added.
+    pub fn settings(&self, path: &str, errors: &mut Vec<ConfigError>) -> Option<ClusterSettings> {
+        let before = errors.len();
+        if self.endpoint.is_empty() {
+            errors.push(ConfigError::new(
+                format!("{path}.endpoint"),
+                "endpoint (this sampler's ip:port as its peers resolve it) is required",
+            ));
+        } else if self.endpoint.starts_with(':') {
+            errors.push(ConfigError::new(
+                format!("{path}.endpoint"),
+                format!(
+                    "endpoint `{}` has no host (is the environment variable it comes from unset?)",
+                    self.endpoint
+                ),
+            ));
+        }
+        let resolver = self.resolver.settings(&format!("{path}.resolver"), errors);
+        let otlp = &self.protocol.otlp;
+        let mut client = otlp.template_settings(&format!("{path}.protocol.otlp"), errors);
+        if errors.len() > before {
+            return None;
+        }
+        let resolver = resolver?;
+        // Sampler-to-sampler requests say so, and how many samplers they have passed.
+        client.headers.push((
+            http::header::HeaderName::from_static(FORWARDED_HEADER),
+            http::header::HeaderValue::from_static("1"),
+        ));
+        // How often buffered traces owned elsewhere are handed off: the resolution interval.
+        let sweep_interval = resolver.interval();
+        Some(ClusterSettings {
+            me: self.endpoint.clone(),
+            quiet_period: self.leave_quiet_period.unwrap_or(match &resolver {
+                ResolverSettings::Dns(dns) => dns.interval * 2,
+                ResolverSettings::Static { .. } => Duration::from_secs(1),
+            }),
+            sweep_interval,
+            resolver,
+            peers: BackendTemplate {
+                client,
+                retry: otlp.retry_on_failure.clone(),
+                queue: otlp.sending_queue.clone(),
+            },
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_block;
+    use crate::yaml::parse_block;
 
     fn parse(yaml: &str) -> Result<TailSamplingConfig, ConfigError> {
         parse_block(
@@ -166,7 +277,7 @@ mod tests {
 
     fn errors(config: &TailSamplingConfig) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        config.validate("processors.tail_sampling", &mut errors);
+        config.settings("processors.tail_sampling", &mut errors);
         errors
     }
 

@@ -23,8 +23,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use zstd::zstd_safe::{CCtx, CDict, DCtx, DDict};
 
-use super::Chunk;
-use crate::wire::{Origin, SpanSummary};
+use crate::otlp::wire::len_field_size;
+use crate::otlp::write::put_framed_span;
+use crate::otlp::{Chunk, Origin, SpanSummary};
 
 /// Bytes of chunk samples the dictionary is trained on.
 pub const SAMPLE_BYTES: usize = 1 << 20;
@@ -189,10 +190,7 @@ impl<'c> BlockBuilder<'c> {
         summaries: &[SpanSummary],
     ) -> StoredSize {
         debug_assert_eq!(spans.len(), summaries.len());
-        let run_len: usize = spans
-            .iter()
-            .map(|&(a, b)| crate::wire::len_field_size(b - a))
-            .sum();
+        let run_len: usize = spans.iter().map(|&(a, b)| len_field_size(b - a)).sum();
         let tail = summaries.len() * SpanSummary::SIZE;
         let codec_ref = self.codec;
         let (offset, codec) = if codec_ref.compress {
@@ -200,7 +198,7 @@ impl<'c> BlockBuilder<'c> {
                 scratch.clear();
                 scratch.reserve(run_len);
                 for &(a, b) in spans {
-                    crate::wire::put_framed_span(scratch, &body[a..b]);
+                    put_framed_span(scratch, &body[a..b]);
                 }
                 codec_ref.compress(scratch, |payload, codec| {
                     self.room(payload.len() + tail);
@@ -213,7 +211,7 @@ impl<'c> BlockBuilder<'c> {
             self.room(run_len + tail);
             let offset = self.current.len();
             for &(a, b) in spans {
-                crate::wire::put_framed_span(&mut self.current, &body[a..b]);
+                put_framed_span(&mut self.current, &body[a..b]);
             }
             (offset, RAW)
         };
@@ -442,7 +440,7 @@ fn train(data: &[u8], sizes: &[usize]) -> Option<Dictionary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::SpanInfo;
+    use crate::otlp::SpanInfo;
 
     fn summary(i: u64) -> SpanSummary {
         SpanSummary::of(
@@ -572,7 +570,7 @@ mod tests {
         for s in stored.into_iter().rev().take(3) {
             let run = codec.decompress(&s);
             assert_eq!(run.len(), s.run_len());
-            assert_eq!(crate::wire::framed_spans(&run).count(), 2);
+            assert_eq!(crate::otlp::write::framed_spans(&run).count(), 2);
         }
     }
 }

@@ -1,86 +1,40 @@
 //! Routing spans to backends over the consistent-hash ring: the engine of the `loadbalancing`
-//! exporter (front tier) and of sampler-to-sampler forwarding (see [`super::cluster`]).
+//! exporter and of sampler-to-sampler forwarding.
 //!
 //! A [`Router`] holds the current [`Ring`] and one [`Exporter`] per backend endpoint, each built
-//! from the OTLP exporter template (`protocol.otlp`) with its endpoint replaced, so every backend
-//! has its own queue and retries and a backend that stays down cannot stall the others. A
-//! request's spans are grouped per owner (by trace ID, or by `service.name` with
-//! `routing_key: service`) and sent as one request per backend. When the resolver changes the
-//! endpoint set, new backends get exporters and removed ones are drained in the background.
+//! from the OTLP exporter template (`protocol.otlp`) for its endpoint, so every backend has its
+//! own queue and retries and a backend that stays down cannot stall the others. A request's spans
+//! are grouped per owner (by trace ID, or by `service.name` with `routing_key: service`) and sent
+//! as one request per backend. When the resolver changes the endpoint set, new backends get
+//! exporters and removed ones are drained in the background.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::resolver::ResolverConfig;
+use super::resolver::endpoint_with_port;
 use super::ring::{Ring, RoutingKey};
-use crate::buffer::{group_by_trace, Chunk};
-use crate::config::{ConfigError, ExporterConfig};
-use crate::exporter::batch::encode_chunks;
-use crate::exporter::ExportBatch;
-use crate::exporter::{Exporter, OtlpExporterConfig};
-use crate::wire::{
-    encode_export_request, varint_len, FieldReader, Origin, ParsedRequest, ResourceGroup,
-    ScopeGroup, TraceId, Value,
+use crate::exporter::settings::QueueConfig;
+use crate::exporter::{
+    Exporter, ExporterSettings, GrpcClientSettings, RetryConfig, TransportSettings,
 };
-
-/// `exporters.loadbalancing.protocol`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProtocolConfig {
-    pub otlp: OtlpExporterConfig,
-}
-
-/// `exporters.loadbalancing` (also `load_balancing`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LoadBalancingConfig {
-    /// `traceID` (default) or `service`.
-    pub routing_key: RoutingKey,
-    pub protocol: ProtocolConfig,
-    pub resolver: ResolverConfig,
-}
-
-impl Default for LoadBalancingConfig {
-    fn default() -> Self {
-        Self {
-            routing_key: RoutingKey::TraceId,
-            protocol: ProtocolConfig::default(),
-            resolver: ResolverConfig::default(),
-        }
-    }
-}
-
-/// Validates an OTLP exporter template whose endpoint the resolver fills in.
-pub fn validate_template(template: &OtlpExporterConfig, path: &str, errors: &mut Vec<ConfigError>) {
-    if !template.endpoint.is_empty() {
-        errors.push(ConfigError::new(
-            format!("{path}.endpoint"),
-            "the endpoint is set per backend by the resolver; remove it",
-        ));
-    }
-    let mut probe = template.clone();
-    probe.endpoint = "backend.invalid:4317".into();
-    probe.validate(path, errors);
-}
-
-impl LoadBalancingConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        validate_template(
-            &self.protocol.otlp,
-            &format!("{path}.protocol.otlp"),
-            errors,
-        );
-        self.resolver.validate(&format!("{path}.resolver"), errors);
-    }
-}
+use crate::otlp::attributes::service_name;
+use crate::otlp::group::{chunks_by_origin, group_by_trace};
+use crate::otlp::wire::varint_len;
+use crate::otlp::{encode_chunks, Chunk, Origin, ParsedRequest, RequestBuilder, TraceId};
 
 /// No backend is known yet (the resolver has not found any): the client should retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("no backend is available to route to yet")]
 pub struct NoBackends;
+
+/// How to reach each backend the resolver finds.
+#[derive(Debug, Clone)]
+pub struct BackendTemplate {
+    pub client: GrpcClientSettings,
+    pub retry: RetryConfig,
+    pub queue: QueueConfig,
+}
 
 struct Routes {
     ring: Ring,
@@ -91,22 +45,13 @@ struct Routes {
 pub struct Router {
     name: String,
     routing: RoutingKey,
-    template: OtlpExporterConfig,
+    template: BackendTemplate,
     routes: RwLock<Routes>,
 }
 
 impl Router {
     /// A router with no backends yet; call [`Router::set_endpoints`] with the resolved set.
-    /// `extra_headers` are added to every request (sampler forwarding marks its requests).
-    pub fn new(
-        name: &str,
-        routing: RoutingKey,
-        mut template: OtlpExporterConfig,
-        extra_headers: &[(&str, &str)],
-    ) -> Self {
-        for (k, v) in extra_headers {
-            template.headers.insert(k.to_string(), v.to_string());
-        }
+    pub fn new(name: &str, routing: RoutingKey, template: BackendTemplate) -> Self {
         Self {
             name: name.to_string(),
             routing,
@@ -156,19 +101,23 @@ impl Router {
     }
 
     fn drain_time(&self) -> Duration {
-        (self.template.timeout * 3).max(Duration::from_secs(10))
+        (self.template.client.timeout * 3).max(Duration::from_secs(10))
     }
 
     fn start_backend(&self, endpoint: &str) -> Result<Exporter, String> {
-        let mut config = self.template.clone();
         // The ring keeps the resolver's strings as they are (bare IPs when `port` is unset, as
         // in the Collector); connections default to port 4317.
-        config.endpoint = super::resolver::endpoint_with_port(endpoint);
-        Exporter::start_with(
-            &format!("{}/{endpoint}", self.name),
-            &ExporterConfig::Otlp(config),
-            Some(Arc::from(endpoint)),
-        )
+        let grpc = self
+            .template
+            .client
+            .for_endpoint(&endpoint_with_port(endpoint))?;
+        let settings = ExporterSettings {
+            name: format!("{}/{endpoint}", self.name),
+            transport: TransportSettings::Grpc(grpc),
+            retry: self.template.retry.clone(),
+            queue: self.template.queue.clone(),
+        };
+        Exporter::start(&settings, Some(endpoint))
     }
 
     /// The endpoints of the current ring, sorted.
@@ -205,21 +154,9 @@ impl Router {
                     g.chunks.into_iter().map(move |c| (id.clone(), c))
                 })
                 .collect(),
-            RoutingKey::Service => origins
-                .iter()
-                .enumerate()
-                .filter_map(|(i, origin)| {
-                    let ranges: Vec<(usize, usize)> = request
-                        .spans
-                        .iter()
-                        .filter(|s| s.origin == i)
-                        .map(|s| s.range)
-                        .collect();
-                    (!ranges.is_empty()).then(|| {
-                        let key = service_name(origin).unwrap_or_default().into_bytes();
-                        (key, Chunk::from_spans(Arc::clone(origin), body, &ranges))
-                    })
-                })
+            RoutingKey::Service => chunks_by_origin(&request.spans, &origins, body)
+                .into_iter()
+                .map(|chunk| (service_key(&chunk.origin), chunk))
                 .collect(),
         };
         self.route_keyed(keyed).await?;
@@ -235,16 +172,13 @@ impl Router {
         request: &ParsedRequest,
         body: &[u8],
     ) -> Result<bool, NoBackends> {
-        // Per backend: its exporter, and per origin the framed spans going to it.
-        let mut per_backend: BTreeMap<String, BackendShare<'_>> = BTreeMap::new();
+        // Per backend: its exporter, and the request being written for it.
+        let mut per_backend: BTreeMap<String, (Arc<Exporter>, RequestBuilder<'_>)> =
+            BTreeMap::new();
         {
             let routes = self.read();
             let services: Vec<Vec<u8>> = match self.routing {
-                RoutingKey::Service => request
-                    .origins
-                    .iter()
-                    .map(|o| service_name(o).unwrap_or_default().into_bytes())
-                    .collect(),
+                RoutingKey::Service => request.origins.iter().map(service_key).collect(),
                 RoutingKey::TraceId => Vec::new(),
             };
             for span in &request.spans {
@@ -259,49 +193,17 @@ impl Router {
                 // Look up before inserting: the endpoint is copied once per backend, not per span.
                 if !per_backend.contains_key(endpoint) {
                     let exporter = routes.backends.get(endpoint).ok_or(NoBackends)?;
-                    let share = (
-                        Arc::clone(exporter),
-                        vec![Vec::new(); request.origins.len()],
-                        0,
+                    per_backend.insert(
+                        endpoint.to_string(),
+                        (Arc::clone(exporter), RequestBuilder::new()),
                     );
-                    per_backend.insert(endpoint.to_string(), share);
                 }
-                let share = per_backend.get_mut(endpoint).expect("inserted above");
-                share.1[span.origin].push(framed);
-                share.2 += 1;
+                let (_, builder) = per_backend.get_mut(endpoint).expect("inserted above");
+                builder.push(&request.origins[span.origin], framed, 1);
             }
         }
-        for (_, (exporter, runs, spans)) in per_backend {
-            let mut groups: Vec<ResourceGroup<'_>> = Vec::new();
-            for (origin, runs) in request.origins.iter().zip(runs) {
-                if runs.is_empty() {
-                    continue;
-                }
-                let scope = ScopeGroup {
-                    scope: origin.scope.as_deref(),
-                    scope_schema_url: &origin.scope_schema_url,
-                    runs,
-                };
-                // Scopes of one resource arrive as consecutive origins: keep them together.
-                match groups.last_mut() {
-                    Some(g)
-                        if g.resource == origin.resource.as_deref()
-                            && g.resource_schema_url == &origin.resource_schema_url[..] =>
-                    {
-                        g.scopes.push(scope)
-                    }
-                    _ => groups.push(ResourceGroup {
-                        resource: origin.resource.as_deref(),
-                        resource_schema_url: &origin.resource_schema_url,
-                        scopes: vec![scope],
-                    }),
-                }
-            }
-            let batch = ExportBatch {
-                body: encode_export_request(&groups),
-                spans,
-            };
-            exporter.enqueue(batch).await;
+        for (_, (exporter, builder)) in per_backend {
+            exporter.enqueue(builder.finish()).await;
         }
         Ok(true)
     }
@@ -360,6 +262,16 @@ impl Router {
     }
 }
 
+/// The routing key of an origin with `routing_key: service`: its `service.name`, or empty.
+fn service_key(origin: &Origin) -> Vec<u8> {
+    origin
+        .resource
+        .as_deref()
+        .and_then(service_name)
+        .unwrap_or_default()
+        .to_vec()
+}
+
 /// Waits until no route call holds the exporter any more, then returns it.
 async fn unique(mut exporter: Arc<Exporter>, deadline: tokio::time::Instant) -> Option<Exporter> {
     loop {
@@ -387,9 +299,6 @@ fn retire(exporter: Arc<Exporter>, within: Duration) {
     });
 }
 
-/// What one request sends one backend: its exporter, per origin the framed spans, the span count.
-type BackendShare<'a> = (Arc<Exporter>, Vec<Vec<&'a [u8]>>, usize);
-
 /// A span's bytes together with the `ScopeSpans.spans` field header in front of them in the
 /// request, when that header is the minimal one (`0x12`, shortest varint length), which every
 /// protobuf encoder writes. `None` otherwise.
@@ -412,37 +321,6 @@ fn framed_span(body: &[u8], (start, end): (usize, usize)) -> Option<&[u8]> {
     (value == len as u64).then_some(&body[from..end])
 }
 
-/// The `service.name` attribute of an origin's encoded resource.
-pub fn service_name(origin: &Origin) -> Option<String> {
-    let resource = origin.resource.as_deref()?;
-    let mut fields = FieldReader::new(resource);
-    while let Ok(Some((field, value, _))) = fields.next() {
-        let (1, Value::Len(kv)) = (field, value) else {
-            continue;
-        };
-        let (mut key, mut val) = (None, None);
-        let mut kv_fields = FieldReader::new(kv);
-        while let Ok(Some((f, v, _))) = kv_fields.next() {
-            match (f, v) {
-                (1, Value::Len(k)) => key = Some(k),
-                (2, Value::Len(any)) => val = Some(any),
-                _ => {}
-            }
-        }
-        if key != Some(b"service.name".as_slice()) {
-            continue;
-        }
-        let mut any = FieldReader::new(val?);
-        while let Ok(Some((f, v, _))) = any.next() {
-            if let (1, Value::Len(s)) = (f, v) {
-                return Some(String::from_utf8_lossy(s).into_owned());
-            }
-        }
-        return None;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,7 +330,7 @@ mod tests {
     fn a_span_is_taken_with_its_field_header_only_when_the_header_is_minimal() {
         let span = vec![7u8; 200];
         let mut body = Vec::new();
-        crate::wire::put_framed_span(&mut body, &span);
+        crate::otlp::write::put_framed_span(&mut body, &span);
         let start = body.len() - span.len();
         assert_eq!(framed_span(&body, (start, body.len())), Some(&body[..]));
         // The same span behind a padded (non-minimal) length prefix: 0x12 0xc8 0x81 0x00.
@@ -484,30 +362,7 @@ mod tests {
             resource: Some(Bytes::from(resource.encode_to_vec())),
             ..Default::default()
         };
-        assert_eq!(service_name(&origin).as_deref(), Some("checkout"));
-        assert_eq!(service_name(&Origin::default()), None);
-    }
-
-    #[test]
-    fn a_template_with_an_endpoint_is_refused() {
-        let mut errors = vec![];
-        let template = OtlpExporterConfig {
-            endpoint: "x:4317".into(),
-            tls: crate::exporter::TlsClientConfig {
-                insecure: true,
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        validate_template(
-            &template,
-            "exporters.loadbalancing.protocol.otlp",
-            &mut errors,
-        );
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert_eq!(
-            errors[0].path,
-            "exporters.loadbalancing.protocol.otlp.endpoint"
-        );
+        assert_eq!(service_key(&origin), b"checkout");
+        assert_eq!(service_key(&Origin::default()), b"");
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use crate::wire::TraceId;
+use crate::otlp::TraceId;
 
 /// Fingerprint of a trace ID used as the cache key.
 pub fn fingerprint(id: &TraceId) -> u64 {

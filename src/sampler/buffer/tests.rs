@@ -2,11 +2,16 @@
 //! the `num_traces` limit, and shutdown.
 
 use super::*;
-use crate::policy::PolicyConfig;
-use crate::views;
+use crate::otlp::group::group_by_trace;
+use crate::otlp::proto::views;
+use crate::otlp::write::framed_spans;
+use crate::otlp::{Origin, SpanSummary};
+use crate::policy::{PolicyConfig, TraceView};
 use bytes::Bytes;
 use prost::Message;
 use tokio::sync::mpsc::error::TryRecvError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -43,7 +48,7 @@ fn request(spans: &[(u8, u8, i32)]) -> Vec<u8> {
             let mut status = Vec::new();
             if code != 0 {
                 status.push(3 << 3);
-                crate::wire::put_varint(&mut status, code as u64);
+                crate::otlp::wire::put_varint(&mut status, code as u64);
             }
             views::Span {
                 trace_id: Bytes::from(vec![t; 16]),
@@ -82,12 +87,12 @@ fn request(spans: &[(u8, u8, i32)]) -> Vec<u8> {
 
 async fn ingest(buffer: &TraceBuffer, spans: &[(u8, u8, i32)]) -> IngestOutcome {
     let body = request(spans);
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     buffer.ingest(parsed, &body).await.unwrap()
 }
 
 /// `(trace byte, span byte)` of every span in a kept message.
-fn span_ids(kept: &Kept) -> Vec<(u8, u8)> {
+fn span_ids(kept: &SpanBatch) -> Vec<(u8, u8)> {
     let mut ids: Vec<(u8, u8)> = kept
         .chunks
         .iter()
@@ -104,7 +109,11 @@ fn span_ids(kept: &Kept) -> Vec<(u8, u8)> {
 fn start(
     settings: BufferSettings,
     policies: PolicySet,
-) -> (Arc<TraceBuffer>, mpsc::Receiver<Kept>, CancellationToken) {
+) -> (
+    Arc<TraceBuffer>,
+    mpsc::Receiver<SpanBatch>,
+    CancellationToken,
+) {
     let (tx, rx) = mpsc::channel(64);
     let buffer = TraceBuffer::new(settings, policies, tx);
     let stop = CancellationToken::new();
@@ -241,7 +250,7 @@ async fn drop_pending_traces_on_shutdown_drops_instead_of_deciding() {
 #[test]
 fn buffered_span_bytes_are_copied_not_pinned_to_the_request() {
     let body = request(&[(1, 1, 0), (1, 2, 0)]);
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     let origins: Vec<Arc<Origin>> = parsed.origins.into_iter().map(Arc::new).collect();
     let groups = group_by_trace(&parsed.spans, &origins, &body);
     assert_eq!(groups.len(), 1);
@@ -300,7 +309,7 @@ async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     let (buffer, mut out, _stop) = start(s, always());
     ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
     let body = request(&[(3, 1, 0)]);
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     assert_eq!(buffer.ingest(parsed, &body).await, Err(Overflow));
     assert_eq!(buffer.live_traces(), 2);
     assert!(
@@ -309,7 +318,7 @@ async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     );
     // Once the buffered traces are decided there is room again.
     out.recv().await.unwrap();
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     assert!(buffer.ingest(parsed, &body).await.is_ok());
 }
 
@@ -350,12 +359,12 @@ async fn block_on_overflow_refuses_requests_at_max_buffered_bytes() {
     // Below the limit a request is taken whole, even if it passes the limit.
     ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
     let body = request(&[(3, 1, 0)]);
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     assert_eq!(buffer.ingest(parsed, &body).await, Err(Overflow));
     assert_eq!(buffer.live_traces(), 2);
     out.recv().await.unwrap();
     assert_eq!(buffer.buffered_bytes(), 0);
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     assert!(buffer.ingest(parsed, &body).await.is_ok());
 }
 
@@ -372,7 +381,7 @@ async fn compressed_traces_are_decided_on_their_summaries_and_exported_byte_for_
     assert_eq!(span_ids(&kept), vec![(1, 1), (1, 2), (1, 3), (1, 4)]);
     // The exported spans are the received bytes.
     let body = request(&spans);
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     let sent: Vec<&[u8]> = parsed.spans[..3]
         .iter()
         .map(|s| &body[s.range.0..s.range.1])
@@ -389,10 +398,10 @@ async fn compressed_traces_are_decided_on_their_summaries_and_exported_byte_for_
 fn a_span_summary_replaces_the_walk_at_decision_time() {
     // The view the buffer builds from stored summaries equals the one walking the spans gives.
     let body = request(&[(1, 1, 0), (1, 2, 2), (1, 3, 1)]);
-    let parsed = crate::wire::parse_export_request(&body).unwrap();
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
     let origins: Vec<Arc<Origin>> = parsed.origins.into_iter().map(Arc::new).collect();
     let groups = group_by_trace(&parsed.spans, &origins, &body);
-    let walked = trace_view([1; 16], &groups[0].chunks);
+    let walked = TraceView::from_chunks([1; 16], &groups[0].chunks);
     let codec = Codec::new(false);
     let ranges: Vec<(usize, usize)> = parsed.spans.iter().map(|s| s.range).collect();
     let summaries: Vec<SpanSummary> = parsed
@@ -401,7 +410,7 @@ fn a_span_summary_replaces_the_walk_at_decision_time() {
         .map(|s| SpanSummary::of(&s.info, s.range.1 - s.range.0))
         .collect();
     let stored = codec.store(Arc::clone(&origins[0]), &body, &ranges, &summaries);
-    let from_summaries: Vec<_> = wire::framed_spans(stored.raw_run().unwrap())
+    let from_summaries: Vec<_> = framed_spans(stored.raw_run().unwrap())
         .zip(stored.summaries())
         .map(|(bytes, summary)| summary.info([1; 16], bytes))
         .collect();

@@ -33,105 +33,29 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::resolver::{Resolver, ResolverConfig};
-use super::ring::RoutingKey;
-use super::router::{validate_template, Router};
-use crate::buffer::TraceBuffer;
-use crate::config::{duration, ConfigError};
-use crate::exporter::{OtlpExporterConfig, RetryConfig, TlsClientConfig};
-use crate::wire::{ParsedRequest, SpanRef};
+use super::buffer::TraceBuffer;
+use crate::otlp::{ParsedRequest, SpanRef};
+use crate::routing::{BackendTemplate, Resolver, ResolverSettings, Router, RoutingKey};
+use crate::telemetry::catalog;
 
-/// The header marking sampler-to-sampler requests.
-pub const FORWARDED_HEADER: &str = "tailgate-forwarded";
+pub use crate::otlp::FORWARDED_HEADER;
 
-/// `processors.tail_sampling.cluster`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterConfig {
-    /// This sampler exactly as the resolver lists it: `ip:port` when the resolver has a `port`
-    /// (e.g. `${env:POD_IP}:4317`), the bare IP when it has none.
-    pub endpoint: String,
-    pub resolver: ResolverConfig,
-    /// The OTLP exporter template for sampler-to-sampler traffic.
-    pub protocol: ClusterProtocol,
-    /// After the resolver stops listing a leaving sampler, how long it keeps forwarding so that
-    /// balancers resolve too. Default: twice the DNS interval (or 1s with a static resolver).
-    #[serde(with = "duration::go_opt")]
-    pub leave_quiet_period: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClusterProtocol {
-    pub otlp: OtlpExporterConfig,
-}
-
-impl Default for ClusterProtocol {
-    fn default() -> Self {
-        Self {
-            otlp: OtlpExporterConfig {
-                tls: TlsClientConfig {
-                    insecure: true,
-                    ..Default::default()
-                },
-                compression: "none".into(),
-                retry_on_failure: RetryConfig {
-                    initial_interval: Duration::from_millis(100),
-                    max_interval: Duration::from_secs(1),
-                    max_elapsed_time: Duration::from_secs(60),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-        }
-    }
-}
-
-impl ClusterConfig {
-    pub fn validate(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        if self.endpoint.is_empty() {
-            errors.push(ConfigError::new(
-                format!("{path}.endpoint"),
-                "endpoint (this sampler's ip:port as its peers resolve it) is required",
-            ));
-        } else if self.endpoint.starts_with(':') {
-            errors.push(ConfigError::new(
-                format!("{path}.endpoint"),
-                format!(
-                    "endpoint `{}` has no host (is the environment variable it comes from unset?)",
-                    self.endpoint
-                ),
-            ));
-        }
-        self.resolver.validate(&format!("{path}.resolver"), errors);
-        validate_template(
-            &self.protocol.otlp,
-            &format!("{path}.protocol.otlp"),
-            errors,
-        );
-    }
-
-    /// How often buffered traces owned elsewhere are handed off: the resolution interval.
-    fn sweep_interval(&self) -> Duration {
-        self.resolver
-            .dns
-            .as_ref()
-            .map_or(Duration::from_secs(1), |dns| dns.effective_interval())
-    }
-
-    fn quiet_period(&self) -> Duration {
-        self.leave_quiet_period.unwrap_or_else(|| {
-            self.resolver
-                .dns
-                .as_ref()
-                .map_or(Duration::from_secs(1), |dns| dns.effective_interval() * 2)
-        })
-    }
+/// `processors.tail_sampling.cluster`, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// This sampler exactly as the resolver lists it.
+    pub me: String,
+    pub resolver: ResolverSettings,
+    /// How to reach a peer; its requests carry [`FORWARDED_HEADER`].
+    pub peers: BackendTemplate,
+    /// After the resolver stops listing a leaving sampler, how long it keeps forwarding.
+    pub quiet_period: Duration,
+    /// How often buffered traces owned elsewhere are handed off.
+    pub sweep_interval: Duration,
 }
 
 /// One sampler's view of its peers.
@@ -149,25 +73,24 @@ pub struct Cluster {
 impl Cluster {
     /// Starts resolving peers and handing off traces whenever the peer set changes.
     pub fn start(
-        config: &ClusterConfig,
+        settings: &ClusterSettings,
         buffer: Arc<TraceBuffer>,
         shutdown: CancellationToken,
     ) -> Arc<Cluster> {
-        let (resolver, peers) = Resolver::start(&config.resolver, shutdown.clone());
+        let (resolver, peers) = Resolver::start(&settings.resolver, shutdown.clone());
         let router = Router::new(
             "tail_sampling/cluster",
             RoutingKey::TraceId,
-            config.protocol.otlp.clone(),
-            &[(FORWARDED_HEADER, "1")],
+            settings.peers.clone(),
         );
         let cluster = Arc::new(Cluster {
-            me: config.endpoint.clone(),
+            me: settings.me.clone(),
             router,
             buffer,
             leaving: AtomicBool::new(false),
             peers: peers.clone(),
-            quiet_period: config.quiet_period(),
-            sweep_interval: config.sweep_interval(),
+            quiet_period: settings.quiet_period,
+            sweep_interval: settings.sweep_interval,
             _resolver: resolver,
         });
         let watcher = Arc::clone(&cluster);
@@ -259,7 +182,8 @@ impl Cluster {
                 spans: theirs.clone(),
             };
             match self.router.route_request(others, body).await {
-                Ok(spans) => metrics::counter!("tailgate_cluster_forwarded_spans_total")
+                Ok(spans) => catalog::CLUSTER_FORWARDED_SPANS
+                    .counter(&[])
                     .increment(spans as u64),
                 // No other peer is known: keep the spans here rather than lose them.
                 Err(_) => request.spans.extend(theirs),
@@ -282,9 +206,11 @@ impl Cluster {
             .sum();
         match self.router.route_traces(traces).await {
             Ok(_) => {
-                metrics::counter!("tailgate_cluster_handed_off_traces_total")
+                catalog::CLUSTER_HANDED_OFF_TRACES
+                    .counter(&[])
                     .increment(count as u64);
-                metrics::counter!("tailgate_cluster_handed_off_spans_total")
+                catalog::CLUSTER_HANDED_OFF_SPANS
+                    .counter(&[])
                     .increment(spans as u64);
                 tracing::info!(
                     traces = count,
@@ -294,7 +220,8 @@ impl Cluster {
             }
             Err(_) => {
                 // Only reachable if every peer vanished between the ownership check and here.
-                metrics::counter!("tailgate_spans_dropped_total", "reason" => "no_peer")
+                catalog::SPANS_DROPPED
+                    .counter(&["no_peer"])
                     .increment(spans as u64);
                 tracing::error!(traces = count, spans, "no peer to hand traces off to; dropped (counted in tailgate_spans_dropped_total)");
             }

@@ -1,0 +1,297 @@
+//! The one span grouper: how a request's spans are cut into per-trace, per-origin pieces
+//! ([`Chunk`]s), and how pieces are put back together into one request grouped by resource and
+//! scope ([`RequestBuilder`]).
+//!
+//! Every stage that splits or joins spans goes through here: the buffer stores a request's spans
+//! as one chunk per (trace, origin) run ([`for_each_trace_run`]); a pass-through pipeline forwards
+//! a request as one chunk per origin ([`chunks_by_origin`]); the front tier and the sampler
+//! cluster write one request per owner straight from the incoming body; the exporter's batcher
+//! joins chunks from many requests ([`encode_chunks`]). Chunks hold their spans as a framed run
+//! (see [`super::write`]), so joining is framing, never re-encoding.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::request::{Origin, SpanRef};
+use super::wire::len_field_size;
+use super::write::{
+    encode_export_request, framed_spans, put_framed_span, ResourceGroup, ScopeGroup,
+};
+use super::TraceId;
+
+/// A run of one trace's spans from one origin, framed as `ScopeSpans.spans` fields.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub origin: Arc<Origin>,
+    pub run: Box<[u8]>,
+    pub spans: u32,
+}
+
+impl Chunk {
+    /// Builds a chunk from spans of one request. `spans` are byte ranges in `body`.
+    pub fn from_spans(origin: Arc<Origin>, body: &[u8], spans: &[(usize, usize)]) -> Chunk {
+        let size: usize = spans.iter().map(|&(a, b)| len_field_size(b - a)).sum();
+        let mut run = Vec::with_capacity(size);
+        for &(a, b) in spans {
+            put_framed_span(&mut run, &body[a..b]);
+        }
+        Chunk {
+            origin,
+            run: run.into_boxed_slice(),
+            spans: spans.len() as u32,
+        }
+    }
+
+    /// Each framed span's encoded `Span` bytes.
+    pub fn spans(&self) -> impl Iterator<Item = &[u8]> {
+        framed_spans(&self.run)
+    }
+}
+
+/// Spans on their way to export: a whole kept trace, late spans of one, or (without
+/// `tail_sampling`) everything received.
+#[derive(Debug, Default)]
+pub struct SpanBatch {
+    pub chunks: Vec<Chunk>,
+}
+
+impl SpanBatch {
+    pub fn span_count(&self) -> usize {
+        self.chunks.iter().map(|c| c.spans as usize).sum()
+    }
+}
+
+/// One encoded `ExportTraceServiceRequest` and the spans in it.
+#[derive(Debug, Clone)]
+pub struct EncodedBatch {
+    pub body: Bytes,
+    pub spans: usize,
+}
+
+/// Calls `f(trace ID, origin index, spans)` for every run of a request's spans that share a
+/// trace and an origin, spans in arrival order within the run. Runs come ordered by
+/// `(bucket(trace), trace, origin)`, so a trace's runs are consecutive and so are the traces of
+/// one bucket (the buffer passes its shard function: one lock then covers consecutive runs).
+pub fn for_each_trace_run<'s>(
+    spans: &'s [SpanRef],
+    bucket: impl Fn(&TraceId) -> u8,
+    mut f: impl FnMut(TraceId, usize, &mut dyn Iterator<Item = &'s SpanRef>),
+) {
+    // Sort span indexes by (bucket, trace, origin, arrival), with the keys computed once.
+    let mut keyed: Vec<(u8, u128, u32, u32)> = spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let id = &s.info.trace_id;
+            (
+                bucket(id),
+                u128::from_be_bytes(*id),
+                s.origin as u32,
+                i as u32,
+            )
+        })
+        .collect();
+    keyed.sort_unstable();
+    let mut i = 0;
+    while i < keyed.len() {
+        let (_, trace, origin, _) = keyed[i];
+        let j = i + keyed[i..]
+            .iter()
+            .take_while(|k| k.1 == trace && k.2 == origin)
+            .count();
+        let mut run = keyed[i..j].iter().map(|k| &spans[k.3 as usize]);
+        f(trace.to_be_bytes(), origin as usize, &mut run);
+        i = j;
+    }
+}
+
+/// One trace's spans from one request.
+pub struct TraceGroup {
+    pub id: TraceId,
+    pub chunks: Vec<Chunk>,
+}
+
+/// Groups a request's spans by trace and, within a trace, by origin, copying each group's span
+/// bytes into a [`Chunk`].
+pub fn group_by_trace(spans: &[SpanRef], origins: &[Arc<Origin>], body: &[u8]) -> Vec<TraceGroup> {
+    let mut groups: Vec<TraceGroup> = Vec::new();
+    let mut ranges = Vec::new();
+    for_each_trace_run(
+        spans,
+        |_| 0,
+        |id, origin, run| {
+            ranges.clear();
+            ranges.extend(run.map(|s| s.range));
+            let chunk = Chunk::from_spans(Arc::clone(&origins[origin]), body, &ranges);
+            match groups.last_mut() {
+                Some(group) if group.id == id => group.chunks.push(chunk),
+                _ => groups.push(TraceGroup {
+                    id,
+                    chunks: vec![chunk],
+                }),
+            }
+        },
+    );
+    groups
+}
+
+/// A request's spans as one chunk per run of consecutive spans with the same origin (the walker
+/// reports spans in request order, so that is one chunk per `ScopeSpans`).
+pub fn chunks_by_origin(spans: &[SpanRef], origins: &[Arc<Origin>], body: &[u8]) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let mut ranges = Vec::new();
+    let mut i = 0;
+    while i < spans.len() {
+        let origin = spans[i].origin;
+        ranges.clear();
+        ranges.extend(
+            spans[i..]
+                .iter()
+                .take_while(|s| s.origin == origin)
+                .map(|s| s.range),
+        );
+        i += ranges.len();
+        chunks.push(Chunk::from_spans(
+            Arc::clone(&origins[origin]),
+            body,
+            &ranges,
+        ));
+    }
+    chunks
+}
+
+type ResourceKey<'a> = (Option<&'a [u8]>, &'a [u8]);
+type ScopeKey<'a> = (usize, Option<&'a [u8]>, &'a [u8]);
+
+/// Collects framed span runs under their origins and writes one request in which runs with equal
+/// resource encodings share one `ResourceSpans` and, within it, equal scopes share one
+/// `ScopeSpans`, so spans of one service sent in different requests (hence different `Origin`
+/// copies) still travel together.
+#[derive(Default)]
+pub struct RequestBuilder<'a> {
+    resources: Vec<ResourceGroup<'a>>,
+    resource_index: HashMap<ResourceKey<'a>, usize>,
+    scope_index: HashMap<ScopeKey<'a>, usize>,
+    /// The origin of the last run pushed and where its runs went: consecutive runs usually share
+    /// an origin, and then no lookup is needed.
+    last: Option<(usize, usize, usize)>,
+    spans: usize,
+}
+
+impl<'a> RequestBuilder<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a framed run of `spans` spans sent under `origin`.
+    pub fn push(&mut self, origin: &'a Origin, run: &'a [u8], spans: usize) {
+        self.spans += spans;
+        // Compared by address: the same `Origin` value, not merely equal bytes.
+        let address = origin as *const Origin as usize;
+        if let Some((last, r, s)) = self.last {
+            if last == address {
+                self.resources[r].scopes[s].runs.push(run);
+                return;
+            }
+        }
+        let rkey = (origin.resource.as_deref(), &origin.resource_schema_url[..]);
+        let resources = &mut self.resources;
+        let r = *self.resource_index.entry(rkey).or_insert_with(|| {
+            resources.push(ResourceGroup {
+                resource: rkey.0,
+                resource_schema_url: rkey.1,
+                scopes: Vec::new(),
+            });
+            resources.len() - 1
+        });
+        let skey = (r, origin.scope.as_deref(), &origin.scope_schema_url[..]);
+        let scopes = &mut self.resources[r].scopes;
+        let s = *self.scope_index.entry(skey).or_insert_with(|| {
+            scopes.push(ScopeGroup {
+                scope: skey.1,
+                scope_schema_url: skey.2,
+                runs: Vec::new(),
+            });
+            scopes.len() - 1
+        });
+        self.resources[r].scopes[s].runs.push(run);
+        self.last = Some((address, r, s));
+    }
+
+    /// Spans pushed so far.
+    pub fn spans(&self) -> usize {
+        self.spans
+    }
+
+    /// Writes the request.
+    pub fn finish(self) -> EncodedBatch {
+        EncodedBatch {
+            body: encode_export_request(&self.resources),
+            spans: self.spans,
+        }
+    }
+}
+
+/// Encodes chunks as one `ExportTraceServiceRequest`, grouped by resource then scope.
+pub fn encode_chunks(chunks: &[Chunk]) -> EncodedBatch {
+    let mut builder = RequestBuilder::new();
+    for chunk in chunks {
+        builder.push(&chunk.origin, &chunk.run, chunk.spans as usize);
+    }
+    builder.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::proto::views;
+    use bytes::Bytes;
+    use prost::Message;
+
+    fn chunk(resource: &'static [u8], scope: &'static [u8], span: &[u8]) -> Chunk {
+        let origin = Arc::new(Origin {
+            resource: Some(Bytes::from_static(resource)),
+            scope: Some(Bytes::from_static(scope)),
+            ..Default::default()
+        });
+        let mut run = Vec::new();
+        put_framed_span(&mut run, span);
+        Chunk {
+            origin,
+            run: run.into(),
+            spans: 1,
+        }
+    }
+
+    #[test]
+    fn chunks_with_equal_resources_share_one_resource_spans() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        // Two copies of the same resource (as from two requests) and a second scope.
+        let a = b"\x0a\x08\x0a\x01k\x12\x03\x0a\x01v";
+        let spans: Vec<Vec<u8>> = (1u8..=3)
+            .map(|i| {
+                views::Span {
+                    trace_id: Bytes::from(vec![i; 16]),
+                    span_id: Bytes::from(vec![i; 8]),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            })
+            .collect();
+        let chunks = vec![
+            chunk(a, b"\x0a\x01x", &spans[0]),
+            chunk(b"", b"\x0a\x01x", &spans[1]),
+            chunk(a, b"\x0a\x01y", &spans[2]),
+        ];
+        let batch = encode_chunks(&chunks);
+        assert_eq!(batch.spans, 3);
+        let request = ExportTraceServiceRequest::decode(batch.body).unwrap();
+        assert_eq!(request.resource_spans.len(), 2);
+        let first = &request.resource_spans[0];
+        assert_eq!(first.scope_spans.len(), 2);
+        assert_eq!(first.scope_spans[0].spans[0].trace_id, vec![1; 16]);
+        assert_eq!(first.scope_spans[1].spans[0].trace_id, vec![3; 16]);
+    }
+}

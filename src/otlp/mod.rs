@@ -1,0 +1,42 @@
+//! The OTLP layer: everything tailgate knows about the bytes of OTLP trace requests, and the
+//! types the stages above it talk through. It has no runtime (no tokio) and knows no stage.
+//!
+//! Spans stay encoded end to end (docs/ARCHITECTURE.md, "Spans stay encoded"): a request is
+//! walked, never decoded into structs, and kept spans are written out byte for byte.
+//!
+//! - [`wire`]: the protobuf wire format at its lowest level (field reader, varints);
+//! - [`request`]: walking and validating an `ExportTraceServiceRequest` ([`parse_export_request`]);
+//! - [`summary`]: the per-span summary the buffer stores beside each span;
+//! - [`write`]: writing requests around encoded spans;
+//! - [`group`]: the one span grouper (per trace and origin into [`Chunk`]s, and back into one
+//!   request per destination);
+//! - [`attributes`]: reading attributes and other fields straight from encoded messages;
+//! - [`json`]: OTLP/JSON ⇄ protobuf;
+//! - [`codec`]: the pass-through gRPC codec;
+//! - [`consumer`]: the receiver-to-stage contract ([`TraceConsumer`]);
+//! - [`proto`]: generated message types (prost views, `google.rpc.Status`).
+
+pub mod attributes;
+pub mod codec;
+pub mod consumer;
+pub mod group;
+pub mod json;
+pub mod proto;
+pub mod request;
+pub mod summary;
+#[cfg(test)]
+pub(crate) mod testing;
+pub mod wire;
+pub mod write;
+
+/// A 16-byte W3C trace ID.
+pub type TraceId = [u8; 16];
+
+pub use codec::{RawBytesCodec, EXPORT_PATH};
+pub use consumer::{BoxFuture, Incoming, Refusal, TraceConsumer, FORWARDED_HEADER};
+pub use group::{encode_chunks, Chunk, EncodedBatch, RequestBuilder, SpanBatch};
+pub use request::{
+    parse_export_request, read_span, status, Origin, ParsedRequest, SpanInfo, SpanRef,
+};
+pub use summary::SpanSummary;
+pub use wire::{FieldReader, Value, WireError};

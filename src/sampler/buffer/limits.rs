@@ -1,0 +1,97 @@
+//! The buffer's limits: `num_traces` and `max_buffered_bytes` (a tailgate extension), and what
+//! happens at them. By default the oldest traces are decided early (their spans so far are judged
+//! by the policies; later spans follow that decision), counted by limit and logged. With
+//! `block_on_overflow` a request that arrives at a limit is refused whole instead, for the client
+//! to retry.
+
+use tokio::time::Instant;
+
+use super::shard::SHARDS;
+use super::{IngestOutcome, Overflow, TraceBuffer};
+use crate::otlp::Chunk;
+
+impl TraceBuffer {
+    /// With `block_on_overflow`, refuses a request while the buffer is at a limit.
+    pub(super) fn refuse_if_full(&self) -> Result<(), Overflow> {
+        if !self.settings.block_on_overflow {
+            return Ok(());
+        }
+        let full_bytes = self.settings.max_buffered_bytes > 0
+            && self.buffered_bytes() >= self.settings.max_buffered_bytes;
+        if full_bytes || self.live_traces() >= self.settings.num_traces {
+            self.metrics.refusals.increment(1);
+            if self.overflow_log.ready() {
+                tracing::warn!(
+                    num_traces = self.settings.num_traces,
+                    max_buffered_bytes = self.settings.max_buffered_bytes,
+                    "buffer full with block_on_overflow: refusing requests with a retryable status"
+                );
+            }
+            return Err(Overflow);
+        }
+        Ok(())
+    }
+
+    pub(super) fn over_traces(&self) -> bool {
+        self.live_traces() > self.settings.num_traces
+    }
+
+    /// Over `max_buffered_bytes`, and so due to decide traces early. Not with
+    /// `block_on_overflow`: there, a request accepted just under the limit may take the buffer
+    /// past it by its own size, and the requests after it are refused until decisions make room.
+    pub(super) fn over_bytes(&self) -> bool {
+        !self.settings.block_on_overflow
+            && self.settings.max_buffered_bytes > 0
+            && self.buffered_bytes() > self.settings.max_buffered_bytes
+    }
+
+    /// Decides the oldest traces now until the buffer is back within `num_traces` and
+    /// `max_buffered_bytes`. Takes the shard with the oldest front deadline and decides its
+    /// traces while they are older than every other shard's front, so the traces go about in
+    /// global age order with one lock acquisition per run rather than per trace.
+    pub(super) fn decide_early(&self, kept: &mut Vec<Chunk>, outcome: &mut IngestOutcome) {
+        let mut fronts: Vec<(Instant, usize)> = Vec::with_capacity(SHARDS);
+        while self.over_traces() || self.over_bytes() {
+            fronts.clear();
+            for shard in 0..SHARDS {
+                if let Some(deadline) = self.lock(shard).front_deadline() {
+                    fronts.push((deadline, shard));
+                }
+            }
+            fronts.sort_unstable();
+            let Some(&(_, shard)) = fronts.first() else {
+                return;
+            };
+            let next_front = fronts.get(1).map(|&(deadline, _)| deadline);
+            let mut state = self.lock(shard);
+            let mut decided = 0;
+            loop {
+                let for_traces = self.over_traces();
+                if !for_traces && !self.over_bytes() {
+                    break;
+                }
+                let Some(front) = state.front_deadline() else {
+                    break;
+                };
+                if decided > 0 && next_front.is_some_and(|next| front > next) {
+                    break;
+                }
+                let Some((id, entry)) = state.pop_due(front) else {
+                    break;
+                };
+                if let Some(chunks) = self.decide(&mut state, id, entry) {
+                    kept.extend(chunks);
+                }
+                if for_traces {
+                    outcome.decided_early += 1;
+                } else {
+                    outcome.decided_early_for_bytes += 1;
+                }
+                decided += 1;
+            }
+            if decided == 0 {
+                return;
+            }
+        }
+    }
+}
