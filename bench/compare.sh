@@ -33,6 +33,12 @@
 #   TARGET_CPU=1 LOADGEN_CPU=0
 #   LOADGEN_ARGS=      extra tailgate-loadgen flags
 #   ROTEL=             path to rotel-agent
+#   BASELINE_TAILGATE= another tailgate binary (an earlier build) to compare with in the same run:
+#                      rows `sampler@baseline`, `always_sample@baseline` and `front@baseline` run
+#                      it on the same config as the row without the suffix
+#
+# Runs are interleaved (run 1 of every row, then run 2 of every row, ...), so a change in the
+# machine's load during the script spreads over every row instead of skewing one.
 #
 # Every process this script starts is stopped when it exits, however it exits. All traffic goes
 # to 127.0.0.1.
@@ -276,6 +282,12 @@ start_target() {
         --pid-file "$workdir/rotel.pid" --log-file "$workdir/rotel-agent.log" \
         "${exporter[@]}" >"$workdir/target.log" 2>&1 &
       ;;
+    *@baseline)
+      [[ -x ${BASELINE_TAILGATE:-} ]] || fail "$row needs BASELINE_TAILGATE, a tailgate binary"
+      write_tailgate_config "${row%@baseline}"
+      ${pin_target[@]+"${pin_target[@]}"} "$BASELINE_TAILGATE" --config "$workdir/${row%@baseline}.yaml" \
+        >"$workdir/target.log" 2>&1 &
+      ;;
     *)
       write_tailgate_config "$row"
       ${pin_target[@]+"${pin_target[@]}"} "$tailgate_bin" --config "$workdir/$row.yaml" \
@@ -320,7 +332,7 @@ hz=$(getconf CLK_TCK)
 rotel_bin=
 for row in "${rows[@]}"; do
   case $row in
-    sampler | always_sample | front) ;;
+    sampler | always_sample | front | sampler@baseline | always_sample@baseline | front@baseline) ;;
     rotel_blackhole | rotel_otlp) [[ -n $rotel_bin ]] || rotel_bin=$(find_rotel) ;;
     *) fail "unknown row '$row' (rows: sampler always_sample front rotel_blackhole rotel_otlp)" ;;
   esac
@@ -335,13 +347,15 @@ pids+=("$sink_pid")
 wait_port "$sink_pid" "$sink_port"
 
 declare -A cpu rate rss
-for row in "${rows[@]}"; do
-  : >"$workdir/$row.runs"
-  for i in $(seq "$runs"); do
+for row in "${rows[@]}"; do : >"$workdir/$row.runs"; done
+for i in $(seq "$runs"); do
+  for row in "${rows[@]}"; do
     run_once "$row"
     echo "$row run $i: $run_result (CPU-s per million spans, spans/s, peak RSS MiB)" >&2
     echo "$run_result" >>"$workdir/$row.runs"
   done
+done
+for row in "${rows[@]}"; do
   cpu[$row]=$(awk '{ print $1 }' "$workdir/$row.runs" | median)
   rate[$row]=$(awk '{ print $2 }' "$workdir/$row.runs" | median)
   rss[$row]=$(awk '{ print $3 }' "$workdir/$row.runs" | median)
@@ -349,9 +363,9 @@ done
 
 echo
 echo "$(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $spans spans per run, median of $runs runs"
-printf '%-16s %14s %12s %14s %10s\n' row "CPU-s/M spans" "spans/s" "peak RSS MiB" "x rotel rx"
+printf '%-24s %14s %12s %14s %10s\n' row "CPU-s/M spans" "spans/s" "peak RSS MiB" "x rotel rx"
 for row in "${rows[@]}"; do
   ratio=-
   [[ -n ${cpu[rotel_blackhole]:-} ]] && ratio=$(calc %.2f "${cpu[$row]} / ${cpu[rotel_blackhole]}")
-  printf '%-16s %14s %12s %14s %10s\n' "$row" "${cpu[$row]}" "${rate[$row]}" "${rss[$row]}" "$ratio"
+  printf '%-24s %14s %12s %14s %10s\n' "$row" "${cpu[$row]}" "${rate[$row]}" "${rss[$row]}" "$ratio"
 done
