@@ -224,13 +224,14 @@ async fn every_trace_lands_whole_on_the_sampler_the_collector_ring_picks() {
             .await,
         3.0
     );
-    // Nothing was forwarded between samplers: balancer and samplers agreed on every owner.
+    // Nothing was forwarded between samplers: balancer and samplers agreed on every owner. (The
+    // counter is registered at start, so a renamed metric fails here rather than passing.)
     for sampler in &samplers {
         assert_eq!(
             sampler
                 .metric_opt("tailgate_cluster_forwarded_spans_total", &[])
                 .await,
-            None
+            Some(0.0)
         );
     }
 }

@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::otlp::{BoxFuture, Incoming, Refusal, TraceConsumer};
 use crate::routing::{BackendTemplate, NoBackends, Resolver, ResolverSettings, Router, RoutingKey};
 
+/// How often a backend whose exporter could not start is tried again.
+const BACKEND_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A front tier, validated.
 #[derive(Debug, Clone)]
 pub struct BalancerSettings {
@@ -41,15 +44,19 @@ impl Balancer {
             settings.routing,
             settings.template.clone(),
         ));
+        router.start_rerouting(background.clone());
         let (resolver, mut endpoints) = Resolver::start(&settings.resolver, background.clone());
         let follower = Arc::clone(&router);
         tokio::spawn(async move {
+            // Also every second: a backend whose exporter failed to start is tried again.
+            let mut retry = tokio::time::interval(BACKEND_RETRY);
             loop {
                 let current = endpoints.borrow_and_update().clone();
                 follower.set_endpoints(&current);
                 tokio::select! {
                     _ = background.cancelled() => return,
                     changed = endpoints.changed() => if changed.is_err() { return },
+                    _ = retry.tick() => {}
                 }
             }
         });

@@ -374,7 +374,8 @@ impl Parsed {
         }
         let health_checks = self.service_extensions(&components, errors);
         let mut notices = Vec::new();
-        let (receivers, role) = self.traces_pipeline(&components, errors, &mut notices)?;
+        let (receivers, mut role) = self.traces_pipeline(&components, errors, &mut notices)?;
+        fit_peer_requests(&mut role, &receivers);
         Some(Settings {
             receivers,
             role,
@@ -650,6 +651,29 @@ impl Parsed {
             ));
         }
         (exporters, balancers)
+    }
+}
+
+/// A clustered sampler sends its peers requests of at most a quarter of what its own gRPC
+/// receivers take (peers are assumed to run the same config), and never more than the cluster's
+/// default.
+fn fit_peer_requests(role: &mut Role, receivers: &[ReceiverSettings]) {
+    let Role::Sampler {
+        sampler: Some(sampler),
+        ..
+    } = role
+    else {
+        return;
+    };
+    let Some(cluster) = &mut sampler.cluster else {
+        return;
+    };
+    if let Some(smallest) = receivers
+        .iter()
+        .filter_map(|r| r.grpc.as_ref().map(|g| g.max_message_bytes))
+        .min()
+    {
+        cluster.max_request_bytes = cluster.max_request_bytes.min(smallest / 4).max(64 * 1024);
     }
 }
 

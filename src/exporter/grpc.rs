@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use prost::Message;
 use tonic::codec::CompressionEncoding;
-use tonic::metadata::{AsciiMetadataValue, MetadataKey, MetadataMap};
+use tonic::metadata::{Ascii, AsciiMetadataValue, MetadataKey, MetadataMap};
 use tonic::transport::{Channel, Endpoint};
 
-use super::retry::{grpc_code_is_retryable, SendError};
+use super::retry::{grpc_code_is_retryable, grpc_refusal, SendError};
 use super::settings::{Compression, GrpcSettings};
 use crate::otlp::proto::{google_rpc, views};
 use crate::otlp::{EncodedBatch, RawBytesCodec, EXPORT_PATH};
@@ -56,12 +56,25 @@ impl GrpcTransport {
     }
 
     pub async fn send(&self, batch: &EncodedBatch) -> Result<(), SendError> {
+        self.send_with(batch, None).await
+    }
+
+    /// [`GrpcTransport::send`] with one more metadata entry on this request (the cluster's hop
+    /// count).
+    pub async fn send_with(
+        &self,
+        batch: &EncodedBatch,
+        extra: Option<(MetadataKey<Ascii>, AsciiMetadataValue)>,
+    ) -> Result<(), SendError> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         if let Some(c) = self.compression {
             grpc = grpc.send_compressed(c);
         }
         let mut request = tonic::Request::new(batch.body.clone());
         *request.metadata_mut() = self.metadata.clone();
+        if let Some((key, value)) = extra {
+            request.metadata_mut().insert(key, value);
+        }
         request.set_timeout(self.timeout);
         let call = async {
             grpc.ready()
@@ -93,6 +106,7 @@ pub fn classify(status: &tonic::Status) -> SendError {
     let retry_after = retry_info(status.details());
     SendError {
         retryable: grpc_code_is_retryable(status.code(), retry_after.is_some()),
+        refused: grpc_refusal(status.code(), retry_after.is_some(), status.message()),
         retry_after,
         message: format!("{:?}: {}", status.code(), status.message()),
     }

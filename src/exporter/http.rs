@@ -11,7 +11,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use super::retry::{http_status_is_retryable, SendError};
+use super::retry::{http_refusal, http_status_is_retryable, SendError};
 use super::settings::{Compression, HttpEncoding, HttpSettings};
 use crate::otlp::json::to_otlp_json;
 use crate::otlp::EncodedBatch;
@@ -118,6 +118,7 @@ impl HttpTransport {
         Err(SendError {
             retryable: http_status_is_retryable(status.as_u16()),
             retry_after,
+            refused: http_refusal(status.as_u16()),
             message,
         })
     }

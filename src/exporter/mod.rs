@@ -23,7 +23,7 @@ pub mod retry;
 pub mod settings;
 mod tls;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,10 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use batch::{BatchConfig, Batcher};
 pub use grpc::GrpcTransport;
-pub use retry::{RetryConfig, SendError};
+pub use retry::{Refused, RetryConfig, SendError, PEER_LEAVING};
 pub use settings::{ExporterSettings, GrpcClientSettings, GrpcSettings, TransportSettings};
 
-use crate::otlp::group::chunks_by_origin;
+use crate::otlp::group::{chunks_by_origin, split_in_two};
 use crate::otlp::{BoxFuture, EncodedBatch, Incoming, Origin, Refusal, SpanBatch, TraceConsumer};
 use crate::telemetry::{catalog, LogEvery};
 
@@ -76,6 +76,7 @@ struct ExporterMetrics {
     send_failed: metrics::Counter,
     enqueue_failed: metrics::Counter,
     retries: metrics::Counter,
+    splits: metrics::Counter,
     queue_size: metrics::Gauge,
     /// `otelcol_loadbalancer_backend_outcome` by success, for a front-tier backend.
     backend_outcome: Option<[metrics::Counter; 2]>,
@@ -88,6 +89,7 @@ impl ExporterMetrics {
             send_failed: catalog::EXPORTER_SEND_FAILED_SPANS.counter(&[name]),
             enqueue_failed: catalog::EXPORTER_ENQUEUE_FAILED_SPANS.counter(&[name]),
             retries: catalog::EXPORTER_RETRIES.counter(&[name]),
+            splits: catalog::EXPORTER_SPLIT_BATCHES.counter(&[name]),
             queue_size: catalog::EXPORTER_QUEUE_SIZE.gauge(&[name]),
             backend_outcome: backend.map(|endpoint| {
                 ["true", "false"]
@@ -106,6 +108,7 @@ pub struct Exporter {
     pending_spans: Arc<AtomicUsize>,
     blocking: bool,
     metrics: Arc<ExporterMetrics>,
+    retired: Arc<AtomicBool>,
     drop_log: LogEvery,
 }
 
@@ -114,8 +117,18 @@ impl Exporter {
     /// this exporter serves, if it is one: each send's outcome is then also counted in
     /// `otelcol_loadbalancer_backend_outcome{endpoint}`.
     pub fn start(settings: &ExporterSettings, backend: Option<&str>) -> Result<Exporter, String> {
+        Self::start_returning(settings, backend, None)
+    }
+
+    /// [`Exporter::start`] for a front-tier backend whose batches, once it is
+    /// [retired](Exporter::retire), go back to `returned` instead of being retried here.
+    pub fn start_returning(
+        settings: &ExporterSettings,
+        backend: Option<&str>,
+        returned: Option<mpsc::UnboundedSender<EncodedBatch>>,
+    ) -> Result<Exporter, String> {
         let transport = Transport::build(&settings.transport)?;
-        let (retry, queue) = (&settings.retry, &settings.queue);
+        let queue = &settings.queue;
         let name: Arc<str> = Arc::from(settings.name.as_str());
         // Without a queue, the pipeline waits for a free worker instead of dropping.
         let (capacity, consumers) = if queue.enabled {
@@ -125,26 +138,34 @@ impl Exporter {
         };
         let (tx, rx) = mpsc::channel::<EncodedBatch>(capacity);
         let rx = Arc::new(Mutex::new(rx));
-        let transport = Arc::new(transport);
         let pending_spans = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(ExporterMetrics::register(&name, backend));
         catalog::EXPORTER_QUEUE_CAPACITY
             .gauge(&[&name])
             .set(capacity as f64);
+        let retired = Arc::new(AtomicBool::new(false));
+        let worker = Arc::new(Worker {
+            name: Arc::clone(&name),
+            metrics: Arc::clone(&metrics),
+            transport: Arc::new(transport),
+            retry: settings.retry.clone(),
+            retired: Arc::clone(&retired),
+            returned,
+            retry_log: Arc::new(LogEvery::new(Duration::from_secs(10))),
+            failure_log: Arc::new(LogEvery::new(Duration::from_secs(10))),
+        });
         let workers = (0..consumers)
-            .map(|worker| {
+            .map(|index| {
                 let rx = Arc::clone(&rx);
-                let transport = Arc::clone(&transport);
-                let name = Arc::clone(&name);
-                let retry = retry.clone();
+                let worker = Arc::clone(&worker);
                 let pending = Arc::clone(&pending_spans);
-                let metrics = Arc::clone(&metrics);
                 tokio::spawn(async move {
                     loop {
                         let batch = { rx.lock().await.recv().await };
                         let Some(batch) = batch else { return };
-                        deliver(&name, &metrics, &transport, &retry, &batch, worker as u64).await;
-                        pending.fetch_sub(batch.spans, Ordering::Relaxed);
+                        let spans = batch.spans;
+                        worker.deliver(batch, index as u64).await;
+                        pending.fetch_sub(spans, Ordering::Relaxed);
                     }
                 })
             })
@@ -156,8 +177,21 @@ impl Exporter {
             pending_spans,
             blocking: !queue.enabled,
             metrics,
+            retired,
             drop_log: LogEvery::new(Duration::from_secs(10)),
         })
+    }
+
+    /// Marks a front-tier backend as gone: from now on what is queued for it, and any batch whose
+    /// attempt in progress fails, is handed back for routing to its new owner (see
+    /// [`Exporter::start_returning`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Spans queued or being sent.
+    pub fn pending_spans(&self) -> usize {
+        self.pending_spans.load(Ordering::Relaxed)
     }
 
     /// Queues a batch; when the queue is full the batch is dropped and counted.
@@ -206,56 +240,99 @@ async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Sends one batch, retrying per the policy; counts the outcome.
-async fn deliver(
-    name: &str,
-    metrics: &ExporterMetrics,
-    transport: &Transport,
-    retry: &RetryConfig,
-    batch: &EncodedBatch,
-    seed: u64,
-) {
-    let mut backoff = retry::Backoff::new(
-        retry,
-        seed.wrapping_mul(0x9e37_79b9)
-            .wrapping_add(batch.body.len() as u64),
-    );
-    loop {
-        let result = transport.send(batch).await;
-        if let Some([succeeded, failed]) = &metrics.backend_outcome {
-            if result.is_ok() { succeeded } else { failed }.increment(1);
+/// What every worker of one exporter shares.
+struct Worker {
+    name: Arc<str>,
+    metrics: Arc<ExporterMetrics>,
+    transport: Arc<Transport>,
+    retry: RetryConfig,
+    /// Set when a front-tier backend left the ring: a failed batch goes to `returned`, to be
+    /// routed again to the trace's new owner, instead of being retried here.
+    retired: Arc<AtomicBool>,
+    returned: Option<mpsc::UnboundedSender<EncodedBatch>>,
+    retry_log: Arc<LogEvery>,
+    failure_log: Arc<LogEvery>,
+}
+
+impl Worker {
+    /// Hands a batch back for routing elsewhere when this exporter is retired.
+    fn hand_back(&self, batch: &EncodedBatch) -> bool {
+        if !self.retired.load(Ordering::Relaxed) {
+            return false;
         }
-        match result {
-            Ok(()) => {
-                metrics.sent.increment(batch.spans as u64);
-                return;
-            }
-            Err(err) => {
+        match &self.returned {
+            Some(returned) => returned.send(batch.clone()).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends one batch, retrying per the policy; counts the outcome. A batch the receiver
+    /// refuses for its size is split in two and each half sent; one it refuses as invalid is
+    /// split until the span at fault is alone, so one bad trace costs nobody else's.
+    fn deliver<'a>(
+        &'a self,
+        batch: EncodedBatch,
+        seed: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            let mut backoff = retry::Backoff::new(
+                &self.retry,
+                seed.wrapping_mul(0x9e37_79b9)
+                    .wrapping_add(batch.body.len() as u64),
+            );
+            loop {
+                // A retired backend is not where these spans belong any more: the ring gives
+                // them another owner, so they go back to be routed there.
+                if self.hand_back(&batch) {
+                    return;
+                }
+                let result = self.transport.send(&batch).await;
+                if let Some([succeeded, failed]) = &self.metrics.backend_outcome {
+                    if result.is_ok() { succeeded } else { failed }.increment(1);
+                }
+                let err = match result {
+                    Ok(()) => {
+                        self.metrics.sent.increment(batch.spans as u64);
+                        return;
+                    }
+                    Err(err) => err,
+                };
+                if matches!(err.refused, Refused::TooLarge | Refused::Invalid) {
+                    if let Some((first, second)) = split_in_two(&batch.body) {
+                        self.metrics.splits.increment(1);
+                        self.deliver(first, seed.wrapping_add(1)).await;
+                        self.deliver(second, seed.wrapping_add(2)).await;
+                        return;
+                    }
+                }
+                if self.hand_back(&batch) {
+                    return;
+                }
                 let wait = if err.retryable {
                     backoff.next_wait(err.retry_after)
                 } else {
                     None
                 };
-                match wait {
-                    Some(wait) => {
-                        tracing::warn!(exporter = name, error = %err.message, retry_in = ?wait, "export failed; will retry");
-                        metrics.retries.increment(1);
-                        tokio::time::sleep(wait).await;
-                    }
-                    None => {
-                        metrics.send_failed.increment(batch.spans as u64);
+                let Some(wait) = wait else {
+                    self.metrics.send_failed.increment(batch.spans as u64);
+                    if self.failure_log.ready() {
                         tracing::error!(
-                            exporter = name,
+                            exporter = %self.name,
                             spans = batch.spans,
                             error = %err.message,
                             retryable = err.retryable,
                             "export failed; dropping batch (counted in otelcol_exporter_send_failed_spans)"
                         );
-                        return;
                     }
+                    return;
+                };
+                if self.retry_log.ready() {
+                    tracing::warn!(exporter = %self.name, error = %err.message, retry_in = ?wait, "export failed; will retry");
                 }
+                self.metrics.retries.increment(1);
+                tokio::time::sleep(wait).await;
             }
-        }
+        })
     }
 }
 

@@ -56,12 +56,34 @@ impl RetryConfig {
     }
 }
 
+/// What a refusal says about the request itself, when the receiver refused it whole for what it
+/// is rather than for its own state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Refused {
+    /// Nothing specific: a transport failure, or a status about the receiver's state.
+    #[default]
+    Unspecific,
+    /// Over the receiver's size limit (gRPC RESOURCE_EXHAUSTED without RetryInfo, HTTP 413):
+    /// the request must be split, not dropped.
+    TooLarge,
+    /// Malformed or invalid data (gRPC INVALID_ARGUMENT, HTTP 400): some of it, perhaps one
+    /// trace, must be isolated from the rest.
+    Invalid,
+    /// A tailgate sampler that is leaving its cluster and takes no more peer traffic (gRPC
+    /// FAILED_PRECONDITION with [`PEER_LEAVING`]).
+    PeerLeaving,
+}
+
+/// The status message a leaving sampler refuses peer traffic with.
+pub use crate::otlp::LEAVING_MESSAGE as PEER_LEAVING;
+
 /// How an export attempt failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendError {
     pub retryable: bool,
     /// A delay the server asked for (gRPC `RetryInfo`, HTTP `Retry-After`).
     pub retry_after: Option<Duration>,
+    pub refused: Refused,
     pub message: String,
 }
 
@@ -70,6 +92,7 @@ impl SendError {
         Self {
             retryable: false,
             retry_after: None,
+            refused: Refused::Unspecific,
             message: message.into(),
         }
     }
@@ -78,6 +101,7 @@ impl SendError {
         Self {
             retryable: true,
             retry_after: None,
+            refused: Refused::Unspecific,
             message: message.into(),
         }
     }
@@ -90,6 +114,25 @@ pub fn grpc_code_is_retryable(code: tonic::Code, has_retry_info: bool) -> bool {
         Cancelled | DeadlineExceeded | Aborted | OutOfRange | Unavailable | DataLoss => true,
         ResourceExhausted => has_retry_info,
         _ => false,
+    }
+}
+
+/// OTLP/gRPC: what a failed status says about the request.
+pub fn grpc_refusal(code: tonic::Code, has_retry_info: bool, message: &str) -> Refused {
+    match code {
+        tonic::Code::ResourceExhausted if !has_retry_info => Refused::TooLarge,
+        tonic::Code::InvalidArgument => Refused::Invalid,
+        tonic::Code::FailedPrecondition if message.contains(PEER_LEAVING) => Refused::PeerLeaving,
+        _ => Refused::Unspecific,
+    }
+}
+
+/// OTLP/HTTP: what a failed response status says about the request.
+pub fn http_refusal(status: u16) -> Refused {
+    match status {
+        413 => Refused::TooLarge,
+        400 => Refused::Invalid,
+        _ => Refused::Unspecific,
     }
 }
 
@@ -174,6 +217,38 @@ mod tests {
         ] {
             assert_eq!(grpc_code_is_retryable(code, info), want, "{code:?} {info}");
         }
+    }
+
+    #[test]
+    fn refusals_say_whether_to_split_isolate_or_re_route() {
+        use tonic::Code::*;
+        for (code, info, message, want) in [
+            (
+                ResourceExhausted,
+                false,
+                "message too large",
+                Refused::TooLarge,
+            ),
+            (ResourceExhausted, true, "slow down", Refused::Unspecific),
+            (InvalidArgument, false, "bad utf-8", Refused::Invalid),
+            (
+                FailedPrecondition,
+                false,
+                PEER_LEAVING,
+                Refused::PeerLeaving,
+            ),
+            (FailedPrecondition, false, "other", Refused::Unspecific),
+            (Unavailable, false, PEER_LEAVING, Refused::Unspecific),
+        ] {
+            assert_eq!(
+                grpc_refusal(code, info, message),
+                want,
+                "{code:?} {message}"
+            );
+        }
+        assert_eq!(http_refusal(413), Refused::TooLarge);
+        assert_eq!(http_refusal(400), Refused::Invalid);
+        assert_eq!(http_refusal(503), Refused::Unspecific);
     }
 
     #[test]

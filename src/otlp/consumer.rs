@@ -40,8 +40,13 @@ pub struct Incoming<'a> {
     pub hops: u32,
 }
 
+/// The status message a leaving sampler refuses peer traffic with (gRPC FAILED_PRECONDITION): the
+/// sending sampler then routes around it.
+pub const LEAVING_MESSAGE: &str = "tailgate: this sampler is leaving the cluster";
+
 /// Why a consumer did not take a request. Every refusal is retryable: the client should send the
-/// same request again later (gRPC UNAVAILABLE, HTTP 503).
+/// same request again later (gRPC UNAVAILABLE, HTTP 503), except [`Refusal::Leaving`], which only
+/// samplers receive from samplers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("the gateway is shutting down")]
@@ -50,6 +55,9 @@ pub enum Refusal {
     Full,
     #[error("no sampler is known yet to route to; retry later")]
     NoBackends,
+    /// Peer traffic (hand-offs, forwarded spans) to a sampler that is leaving its cluster.
+    #[error("{LEAVING_MESSAGE}")]
+    Leaving,
 }
 
 /// Takes validated requests from receivers.

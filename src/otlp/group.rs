@@ -243,6 +243,56 @@ pub fn encode_chunks(chunks: &[Chunk]) -> EncodedBatch {
     builder.finish()
 }
 
+/// Splits an encoded request into two requests of about half the spans each, whole traces to
+/// each half while there are several traces; `None` for a request of at most one span (or one
+/// that does not parse, which a request we wrote always does).
+pub fn split_in_two(body: &[u8]) -> Option<(EncodedBatch, EncodedBatch)> {
+    let parsed = super::request::parse_export_request(body).ok()?;
+    if parsed.spans.len() < 2 {
+        return None;
+    }
+    let origins: Vec<Arc<Origin>> = parsed.origins.into_iter().map(Arc::new).collect();
+    let mut chunks: Vec<Chunk> = Vec::new();
+    let traces = group_by_trace(&parsed.spans, &origins, body);
+    let half = parsed.spans.len().div_ceil(2);
+    if traces.len() >= 2 {
+        // Whole traces, in order, until about half the spans are in the first part.
+        let mut first = Vec::new();
+        let mut rest = Vec::new();
+        let mut spans = 0;
+        for trace in traces {
+            let n: usize = trace.chunks.iter().map(|c| c.spans as usize).sum();
+            if spans == 0 || spans + n <= half {
+                spans += n;
+                first.extend(trace.chunks);
+            } else {
+                rest.extend(trace.chunks);
+            }
+        }
+        if rest.is_empty() {
+            return None;
+        }
+        return Some((encode_chunks(&first), encode_chunks(&rest)));
+    }
+    // One trace: split its spans.
+    for trace in traces {
+        chunks.extend(trace.chunks);
+    }
+    let mut spans: Vec<(Arc<Origin>, &[u8])> = Vec::new();
+    for chunk in &chunks {
+        spans.extend(chunk.spans().map(|s| (Arc::clone(&chunk.origin), s)));
+    }
+    let (a, b) = spans.split_at(half);
+    let build = |part: &[(Arc<Origin>, &[u8])]| {
+        let chunks: Vec<Chunk> = part
+            .iter()
+            .map(|(origin, span)| Chunk::from_spans(Arc::clone(origin), span, &[(0, span.len())]))
+            .collect();
+        encode_chunks(&chunks)
+    };
+    Some((build(a), build(b)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +313,38 @@ mod tests {
             run: run.into(),
             spans: 1,
         }
+    }
+
+    #[test]
+    fn splitting_a_request_keeps_every_span_once_and_traces_whole() {
+        use crate::otlp::testing::{request, span};
+        let ids: Vec<[u8; 16]> = (1u8..=5).map(|i| [i; 16]).collect();
+        let mut spans = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            for s in 0..=i as u8 {
+                spans.push(span(id, &[s + 1; 8], &[], 0));
+            }
+        }
+        let body = request(vec![(b"\x0a\x00".to_vec(), vec![spans.clone()])]);
+        let (a, b) = split_in_two(&body).unwrap();
+        assert_eq!(a.spans + b.spans, 15);
+        let traces_of = |batch: &EncodedBatch| -> std::collections::BTreeSet<[u8; 16]> {
+            super::super::parse_export_request(&batch.body)
+                .unwrap()
+                .spans
+                .iter()
+                .map(|s| s.info.trace_id)
+                .collect()
+        };
+        let (ta, tb) = (traces_of(&a), traces_of(&b));
+        assert!(ta.is_disjoint(&tb), "a trace went to both halves");
+        assert_eq!(ta.len() + tb.len(), 5);
+        // One trace of several spans splits by span; one span does not split.
+        let one_trace = request(vec![(vec![], vec![spans[10..15].to_vec()])]);
+        let (a, b) = split_in_two(&one_trace).unwrap();
+        assert_eq!((a.spans, b.spans), (3, 2));
+        let one_span = request(vec![(vec![], vec![spans[..1].to_vec()])]);
+        assert!(split_in_two(&one_span).is_none());
     }
 
     #[test]

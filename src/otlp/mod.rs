@@ -10,6 +10,7 @@
 //! - [`write`]: writing requests around encoded spans;
 //! - [`group`]: the one span grouper (per trace and origin into [`Chunk`]s, and back into one
 //!   request per destination);
+//! - [`handoff`]: the sampler-to-sampler extension fields (trace timings, moved decisions);
 //! - [`attributes`]: reading attributes and other fields straight from encoded messages;
 //! - [`json`]: OTLP/JSON ⇄ protobuf;
 //! - [`codec`]: the pass-through gRPC codec;
@@ -20,6 +21,7 @@ pub mod attributes;
 pub mod codec;
 pub mod consumer;
 pub mod group;
+pub mod handoff;
 pub mod json;
 pub mod proto;
 pub mod request;
@@ -33,7 +35,9 @@ pub mod write;
 pub type TraceId = [u8; 16];
 
 pub use codec::{RawBytesCodec, EXPORT_PATH};
-pub use consumer::{BoxFuture, Incoming, Refusal, TraceConsumer, FORWARDED_HEADER};
+pub use consumer::{
+    BoxFuture, Incoming, Refusal, TraceConsumer, FORWARDED_HEADER, LEAVING_MESSAGE,
+};
 pub use group::{encode_chunks, Chunk, EncodedBatch, RequestBuilder, SpanBatch};
 pub use request::{
     parse_export_request, read_span, status, Origin, ParsedRequest, SpanInfo, SpanRef,

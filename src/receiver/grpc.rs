@@ -19,7 +19,9 @@ use tonic::{Request, Response, Status};
 
 use super::{GrpcServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
-use crate::otlp::{RawBytesCodec, TraceConsumer, EXPORT_PATH, FORWARDED_HEADER};
+use crate::otlp::{
+    RawBytesCodec, Refusal, TraceConsumer, EXPORT_PATH, FORWARDED_HEADER, LEAVING_MESSAGE,
+};
 use crate::telemetry::catalog;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -55,6 +57,9 @@ impl UnaryService<Bytes> for ExportHandler {
                 // An empty ExportTraceServiceResponse encodes to zero bytes.
                 Ok(_) => Ok(Response::new(Bytes::new())),
                 Err(e @ RefuseError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
+                Err(RefuseError::Refused(Refusal::Leaving)) => {
+                    Err(Status::failed_precondition(LEAVING_MESSAGE))
+                }
                 Err(e @ RefuseError::Refused(_)) => Err(Status::unavailable(e.to_string())),
             }
         })

@@ -94,6 +94,25 @@ impl Ring {
         Some(&self.endpoints[self.points[index].endpoint as usize])
     }
 
+    /// The index (into [`Ring::endpoints`]) of the endpoint that owns `identifier`.
+    pub fn owner_index(&self, identifier: &[u8]) -> Option<usize> {
+        self.owner_index_at(position_of(identifier))
+    }
+
+    /// The index of the endpoint owning ring position `position` (`crc32 % 36000` of an
+    /// identifier, as [`position_of`] computes it).
+    pub fn owner_index_at(&self, position: u32) -> Option<usize> {
+        let index = successor(&self.points, position)?;
+        Some(self.points[index].endpoint as usize)
+    }
+
+    /// The index of `endpoint` in [`Ring::endpoints`], if it is on the ring.
+    pub fn index_of(&self, endpoint: &str) -> Option<usize> {
+        self.endpoints
+            .binary_search_by(|e| e.as_str().cmp(endpoint))
+            .ok()
+    }
+
     /// The endpoints on the ring, sorted, without duplicates.
     pub fn endpoints(&self) -> &[String] {
         &self.endpoints
@@ -329,6 +348,21 @@ mod tests {
             assert_eq!(points[index].position, want, "requested {requested}");
         }
         assert_eq!(successor(&[], 10), None);
+    }
+
+    #[test]
+    fn owner_indexes_agree_with_owner_names() {
+        let endpoints = strings(&["10.0.0.3:4317", "10.0.0.1:4317", "10.0.0.2:4317"]);
+        let ring = Ring::new(&endpoints);
+        for t in 0u32..2000 {
+            let id = t.to_be_bytes();
+            let name = ring.endpoint_for(&id).unwrap();
+            let index = ring.owner_index(&id).unwrap();
+            assert_eq!(ring.endpoints()[index], name);
+            assert_eq!(ring.index_of(name), Some(index));
+            assert_eq!(ring.owner_index_at(position_of(&id)), Some(index));
+        }
+        assert_eq!(ring.index_of("10.0.0.9:4317"), None);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
 use super::resolver::endpoint_with_port;
 use super::ring::{Ring, RoutingKey};
 use crate::exporter::settings::QueueConfig;
@@ -21,7 +24,11 @@ use crate::exporter::{
 use crate::otlp::attributes::service_name;
 use crate::otlp::group::{chunks_by_origin, group_by_trace};
 use crate::otlp::wire::varint_len;
-use crate::otlp::{encode_chunks, Chunk, Origin, ParsedRequest, RequestBuilder, TraceId};
+use crate::otlp::{
+    encode_chunks, parse_export_request, Chunk, EncodedBatch, Origin, ParsedRequest,
+    RequestBuilder, TraceId,
+};
+use crate::telemetry::catalog;
 
 /// No backend is known yet (the resolver has not found any): the client should retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +45,9 @@ pub struct BackendTemplate {
 
 struct Routes {
     ring: Ring,
+    /// One exporter per endpoint of the ring whose exporter could be started; an endpoint whose
+    /// exporter failed to start stays on the ring (so this balancer routes as every other does)
+    /// and is tried again at every [`Router::set_endpoints`].
     backends: HashMap<String, Arc<Exporter>>,
 }
 
@@ -47,11 +57,16 @@ pub struct Router {
     routing: RoutingKey,
     template: BackendTemplate,
     routes: RwLock<Routes>,
+    /// Where a retired backend's exporter hands back what it could not deliver.
+    returned: mpsc::UnboundedSender<EncodedBatch>,
+    returned_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<EncodedBatch>>>,
+    rerouted: metrics::Counter,
 }
 
 impl Router {
     /// A router with no backends yet; call [`Router::set_endpoints`] with the resolved set.
     pub fn new(name: &str, routing: RoutingKey, template: BackendTemplate) -> Self {
+        let (returned, returned_rx) = mpsc::unbounded_channel();
         Self {
             name: name.to_string(),
             routing,
@@ -60,6 +75,57 @@ impl Router {
                 ring: Ring::new(&[]),
                 backends: HashMap::new(),
             }),
+            returned,
+            returned_rx: std::sync::Mutex::new(Some(returned_rx)),
+            rerouted: catalog::LB_REROUTED_SPANS.counter(&[name]),
+        }
+    }
+
+    /// Starts the task that routes again what retired backends hand back (their queue, and any
+    /// batch their last attempt failed), until `stop`. Call once.
+    pub fn start_rerouting(self: &Arc<Self>, stop: CancellationToken) {
+        let Some(mut returned) = self
+            .returned_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let router = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    batch = returned.recv() => match batch {
+                        Some(batch) => batch,
+                        None => return,
+                    },
+                };
+                router.reroute(batch, &stop).await;
+            }
+        });
+    }
+
+    /// Routes a handed-back batch by the current ring, waiting while no backend is known.
+    async fn reroute(&self, batch: EncodedBatch, stop: &CancellationToken) {
+        loop {
+            // We wrote this request; it always parses.
+            let Ok(parsed) = parse_export_request(&batch.body) else {
+                return;
+            };
+            match self.route_request(parsed, &batch.body).await {
+                Ok(spans) => {
+                    self.rerouted.increment(spans as u64);
+                    return;
+                }
+                Err(NoBackends) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+            }
         }
     }
 
@@ -72,7 +138,8 @@ impl Router {
     pub fn set_endpoints(&self, endpoints: &[String]) -> bool {
         let ring = Ring::new(endpoints);
         let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-        if routes.ring.endpoints() == ring.endpoints() {
+        let complete = routes.backends.len() == routes.ring.endpoints().len();
+        if routes.ring.endpoints() == ring.endpoints() && complete {
             return false;
         }
         let mut backends = std::mem::take(&mut routes.backends);
@@ -91,7 +158,8 @@ impl Router {
             next.insert(endpoint.clone(), exporter);
         }
         for (endpoint, exporter) in backends {
-            tracing::info!(exporter = %self.name, endpoint = %endpoint, "backend left the ring; draining its queue");
+            tracing::info!(exporter = %self.name, endpoint = %endpoint, "backend left the ring; what it cannot take goes to the new owners");
+            exporter.retire();
             retire(exporter, self.drain_time());
         }
         tracing::info!(exporter = %self.name, backends = ?ring.endpoints(), "backend set changed");
@@ -117,7 +185,7 @@ impl Router {
             retry: self.template.retry.clone(),
             queue: self.template.queue.clone(),
         };
-        Exporter::start(&settings, Some(endpoint))
+        Exporter::start_returning(&settings, Some(endpoint), Some(self.returned.clone()))
     }
 
     /// The endpoints of the current ring, sorted.

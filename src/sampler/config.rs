@@ -253,6 +253,7 @@ impl ClusterConfig {
                 ResolverSettings::Static { .. } => Duration::from_secs(1),
             }),
             sweep_interval,
+            max_request_bytes: super::cluster::MAX_PEER_REQUEST,
             resolver,
             peers: BackendTemplate {
                 client,

@@ -81,8 +81,8 @@ impl Sampler {
     /// trace still buffered, and drains the cluster's forwarding queues until `deadline`.
     pub async fn settle(&self, deadline: Instant) {
         if let Some(cluster) = &self.cluster {
-            cluster.hand_off().await;
-            cluster.shutdown(deadline).await;
+            // What arrived while leaving; acknowledged requests only, so nothing waits after.
+            let _ = tokio::time::timeout_at(deadline, cluster.hand_off()).await;
         }
         self.deciders_stop.cancel();
         let deciders =
@@ -101,19 +101,15 @@ impl Sampler {
 impl TraceConsumer for Sampler {
     fn consume<'a>(&'a self, request: Incoming<'a>) -> BoxFuture<'a, Result<(), Refusal>> {
         Box::pin(async move {
-            let parsed = match &self.cluster {
-                Some(cluster) => {
-                    cluster
-                        .split(request.parsed, request.body, request.hops > 0)
-                        .await
-                }
-                None => request.parsed,
-            };
-            self.buffer
-                .ingest(parsed, request.body)
-                .await
-                .map(|_| ())
-                .map_err(|_| Refusal::Full)
+            match &self.cluster {
+                Some(cluster) => cluster.accept(request).await,
+                None => self
+                    .buffer
+                    .ingest(request.parsed, request.body)
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| Refusal::Full),
+            }
         })
     }
 }

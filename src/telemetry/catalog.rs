@@ -130,6 +130,20 @@ declare! {
         "Buffered traces a sampler handed to their new owner.";
     CLUSTER_HANDED_OFF_SPANS = Counter "tailgate_cluster_handed_off_spans_total" [] Count
         "Spans of the traces a sampler handed to their new owner.";
+    CLUSTER_FORWARD_FAILED_SPANS = Counter "tailgate_cluster_forward_failed_spans_total" [] Count
+        "Spans whose owner did not acknowledge their forward (refused, unreachable, or gone): kept here instead, and handed on later.";
+    CLUSTER_PEER_REQUESTS = Counter "tailgate_cluster_peer_requests_total" ["outcome"] Count
+        "Requests sent to peers (forwards, hand-offs, moved decisions), by whether the peer acknowledged them.";
+    CLUSTER_PEER_BYTES = Counter "tailgate_cluster_peer_bytes_total" [] Bytes
+        "Bytes of the requests sent to peers.";
+    CLUSTER_PEER_REQUEST_SECONDS = Histogram "tailgate_cluster_peer_request_seconds" [] Seconds
+        "How long a peer took to answer a request.";
+    CLUSTER_KEPT_TRACES = Counter "tailgate_cluster_kept_traces_total" [] Count
+        "Traces to hand off that no peer took: kept here and decided here.";
+    CLUSTER_MOVED_DECISIONS = Counter "tailgate_cluster_moved_decisions_total" ["direction"] Count
+        "Decisions sent to the new owner of their trace, or adopted from the previous one.";
+    CLUSTER_REFUSED_WHILE_LEAVING = Counter "tailgate_cluster_refused_while_leaving_total" [] Count
+        "Peer requests this sampler refused because it is leaving (the peer routes around it).";
 
     // Exporters.
     EXPORTER_SENT_SPANS = Counter "otelcol_exporter_sent_spans" ["exporter"] Count
@@ -144,6 +158,8 @@ declare! {
         "Batches the sending queue holds.";
     EXPORTER_RETRIES = Counter "tailgate_exporter_retries_total" ["exporter"] Count
         "Export attempts that failed with a retryable error and were retried.";
+    EXPORTER_SPLIT_BATCHES = Counter "tailgate_exporter_split_batches_total" ["exporter"] Count
+        "Batches split in two after the receiver refused them as too large or invalid, so that the rest is delivered.";
     EXPORTER_REJECTED_SPANS = Counter "tailgate_exporter_rejected_spans_total" [] Count
         "Spans a backend accepted the request for but rejected individually (partial_success).";
 
@@ -154,6 +170,8 @@ declare! {
         "Resolutions of the backend set, by outcome.";
     LB_NUM_BACKENDS = Gauge "otelcol_loadbalancer_num_backends" ["resolver"] Count
         "Backends in the current set.";
+    LB_REROUTED_SPANS = Counter "tailgate_loadbalancer_rerouted_spans_total" ["exporter"] Count
+        "Spans queued for a backend that left the ring, routed again to their new owner.";
     LB_NUM_BACKEND_UPDATES = Counter "otelcol_loadbalancer_num_backend_updates" ["resolver"] Count
         "Times the backend set changed.";
 }

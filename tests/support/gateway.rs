@@ -71,7 +71,12 @@ impl Gateway {
         let log = File::create(&log_path).expect("create the gateway log file");
         let stderr = log.try_clone().expect("clone the log file handle");
 
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tailgate"))
+        // `TAILGATE_TEST_BIN` runs the tests against another build (an earlier commit's binary,
+        // to show a test fails there).
+        let binary = std::env::var_os("TAILGATE_TEST_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tailgate")));
+        let mut child = Command::new(binary)
             .arg("--config")
             .arg(&config_path)
             .envs(env.iter().copied())

@@ -13,6 +13,7 @@
 //! - [`SamplerConfig`] / [`sampler_config`]: the Collector-format YAML of a sampler tier with given
 //!   ports and policies, exporting to a backend.
 //! - [`otlp`]: small builders for OTLP messages and a gRPC client.
+//! - [`cluster`]: a clustered sampler tier behind a balancer, on loopback addresses.
 //! - [`python`]: runs the Python SDK clients in `tests/clients/` (from the venv at `.venv`).
 //! - [`http`]: a minimal HTTP/1 client (health checks, metric scrapes, OTLP/HTTP posts).
 //!
@@ -24,6 +25,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod gateway;

@@ -1,15 +1,21 @@
 //! The decision cache: which recently decided traces were kept and which were not, so spans that
 //! arrive after a decision follow it instead of starting a new, partial trace.
 //!
-//! Each entry is a 64-bit fingerprint of the trace ID (its two halves XORed: trace IDs are random,
-//! so collisions are negligible), held in a hash set plus an insertion-order ring for FIFO
-//! eviction: two 8-byte copies of the fingerprint plus hash-table overhead per decided trace,
-//! where the Collector keeps decided traces' decoded spans until `num_traces` pushes them out.
+//! Each entry is a 64-bit fingerprint of the trace ID (its two halves mixed: trace IDs are random,
+//! so collisions are negligible; the same function on every sampler, so a decision can move to
+//! another sampler by fingerprint), held in a hash set plus an insertion-order ring for FIFO
+//! eviction that also keeps the trace's ring position: about 26 bytes plus hash-table overhead per
+//! decided trace, where the Collector keeps decided traces' decoded spans until `num_traces`
+//! pushes them out.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 
+use crate::otlp::handoff::MovedDecision;
 use crate::otlp::TraceId;
+use crate::routing::ring::position_of;
 
 /// Fingerprint of a trace ID used as the cache key.
 pub fn fingerprint(id: &TraceId) -> u64 {
@@ -18,37 +24,86 @@ pub fn fingerprint(id: &TraceId) -> u64 {
     hi ^ lo.rotate_left(29)
 }
 
-/// A hasher for keys that are already uniformly random (trace IDs and their fingerprints): it
-/// mixes the bytes cheaply instead of running SipHash over them.
-#[derive(Default, Clone, Copy)]
-pub struct IdHasher(u64);
+/// The per-process random seed of the buffer's hash maps and sets.
+fn process_seed() -> [u64; 2] {
+    static SEED: OnceLock<[u64; 2]> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        // `RandomState` is seeded from the OS.
+        let word = |salt: u64| {
+            let mut h = RandomState::new().build_hasher();
+            h.write_u64(salt);
+            h.finish()
+        };
+        [word(1), word(2)]
+    })
+}
+
+/// A hasher for trace IDs and fingerprints, seeded per process: trace IDs come from clients, and
+/// an unseeded, invertible mix would let crafted IDs pile into one bucket and stall a shard. It
+/// folds each 64-bit word into the state with a 128-bit multiply against the seed (the
+/// construction of foldhash), which is as cheap as the unseeded mix it replaces.
+#[derive(Clone, Copy)]
+pub struct IdHasher {
+    state: u64,
+    seed: u64,
+}
+
+#[inline(always)]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        folded_multiply(self.state, self.seed ^ 0x9e37_79b9_7f4a_7c15)
     }
 
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.write_u64(u64::from_le_bytes(word));
         }
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.state = folded_multiply(self.state ^ n, self.seed);
     }
 }
 
-pub type IdBuildHasher = BuildHasherDefault<IdHasher>;
+/// Builds [`IdHasher`]s with the process's seed.
+#[derive(Clone, Copy)]
+pub struct IdBuildHasher {
+    seed: [u64; 2],
+}
+
+impl Default for IdBuildHasher {
+    fn default() -> Self {
+        Self {
+            seed: process_seed(),
+        }
+    }
+}
+
+impl BuildHasher for IdBuildHasher {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher {
+            state: self.seed[0],
+            seed: self.seed[1] | 1,
+        }
+    }
+}
 
 /// A bounded set of trace fingerprints with FIFO eviction.
 #[derive(Debug)]
 pub struct FifoSet {
     members: HashSet<u64, IdBuildHasher>,
-    order: VecDeque<u64>,
+    /// Insertion order, with each trace's ring position (`crc32(trace ID) % 36000`), so that when
+    /// the sampler set changes the decisions whose owner moved can be found without the IDs.
+    order: VecDeque<(u64, u16)>,
     capacity: usize,
 }
 
@@ -65,16 +120,22 @@ impl FifoSet {
         self.members.contains(&key)
     }
 
-    pub fn insert(&mut self, key: u64) {
+    /// Adds `key` (at ring `position`) unless present; the oldest key goes when full.
+    pub fn insert(&mut self, key: u64, position: u16) {
         if self.capacity == 0 || !self.members.insert(key) {
             return;
         }
-        self.order.push_back(key);
+        self.order.push_back((key, position));
         if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
+            if let Some((old, _)) = self.order.pop_front() {
                 self.members.remove(&old);
             }
         }
+    }
+
+    /// Every key with its ring position, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, u16)> + '_ {
+        self.order.iter().copied()
     }
 }
 
@@ -83,6 +144,11 @@ impl FifoSet {
 pub enum Remembered {
     Sampled,
     NotSampled,
+}
+
+/// Ring positions fit 16 bits (the ring has 36000).
+fn ring_position(id: &TraceId) -> u16 {
+    position_of(id) as u16
 }
 
 /// The sampled and not-sampled caches of one buffer shard.
@@ -119,10 +185,48 @@ impl DecisionCache {
     pub fn remember_buffered(&mut self, id: &TraceId, decision: Remembered) {
         let key = fingerprint(id);
         debug_assert!(!self.sampled.contains(key) && !self.not_sampled.contains(key));
+        let position = ring_position(id);
         match decision {
-            Remembered::Sampled => self.sampled.insert(key),
-            Remembered::NotSampled => self.not_sampled.insert(key),
+            Remembered::Sampled => self.sampled.insert(key, position),
+            Remembered::NotSampled => self.not_sampled.insert(key, position),
         }
+    }
+
+    /// Remembers a decision another sampler took (it moved here with the trace's ownership),
+    /// unless this cache already knows the trace. Its ring position is not known here and not
+    /// needed again: a decision moves once, to the owner.
+    pub fn adopt(&mut self, moved: MovedDecision) {
+        let key = moved.fingerprint;
+        if self.sampled.contains(key) || self.not_sampled.contains(key) {
+            return;
+        }
+        if moved.sampled {
+            self.sampled.insert(key, u16::MAX);
+        } else {
+            self.not_sampled.insert(key, u16::MAX);
+        }
+    }
+
+    /// The decisions, with their traces' ring positions, of traces whose position `is_foreign`
+    /// says another sampler owns now.
+    pub fn foreign(&self, is_foreign: impl Fn(u32) -> bool) -> Vec<(u32, MovedDecision)> {
+        let pick = |set: &FifoSet, sampled: bool| {
+            set.entries()
+                .filter(|&(_, position)| position != u16::MAX && is_foreign(u32::from(position)))
+                .map(move |(fingerprint, position)| {
+                    (
+                        u32::from(position),
+                        MovedDecision {
+                            fingerprint,
+                            sampled,
+                        },
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut moved = pick(&self.sampled, true);
+        moved.extend(pick(&self.not_sampled, false));
+        moved
     }
 }
 

@@ -5,6 +5,7 @@
 //! shard's lock, one lock acquisition per shard per request ([`TraceBuffer::add_to_shard`]).
 //! Spans of a trace already decided follow the remembered decision instead.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 
 use super::cache::Remembered;
 use super::counts::Added;
+use super::handoff::Carried;
 use super::shard::{shard_of, ShardState, TraceEntry};
 use super::store::{BlockBuilder, Stored};
 use super::{IngestOutcome, Overflow, TraceBuffer, TRACE_OVERHEAD};
@@ -27,6 +29,13 @@ pub(super) struct Incoming {
     pub bytes: usize,
     pub memory: usize,
     pub has_root: bool,
+}
+
+/// When a request's spans arrived, and the deadlines handed-over traces carry.
+#[derive(Clone, Copy)]
+struct Arrival<'a> {
+    now: Instant,
+    carried: Option<&'a Carried>,
 }
 
 /// What adding one shard's traces produced, besides the outcome counts.
@@ -51,11 +60,38 @@ impl TraceBuffer {
         request: ParsedRequest,
         body: &[u8],
     ) -> Result<IngestOutcome, Overflow> {
-        let mut outcome = IngestOutcome::default();
+        self.ingest_with(request, body, None).await
+    }
+
+    /// [`TraceBuffer::ingest`] for spans handed over by another sampler: a trace listed in
+    /// `carried` is decided when its remaining wait there runs out (or earlier, if it was due
+    /// here already), not a whole `decision_wait` from now.
+    pub async fn ingest_with(
+        &self,
+        request: ParsedRequest,
+        body: &[u8],
+        carried: Option<&Carried>,
+    ) -> Result<IngestOutcome, Overflow> {
         if request.spans.is_empty() {
-            return Ok(outcome);
+            return Ok(IngestOutcome::default());
         }
         self.refuse_if_full()?;
+        Ok(self.add(request, body, carried).await)
+    }
+
+    /// Takes back traces this sampler had buffered and could not hand off, with their
+    /// deadlines, even at a limit (they were within it when they first came).
+    pub async fn put_back(&self, request: ParsedRequest, body: &[u8], carried: &Carried) {
+        self.add(request, body, Some(carried)).await;
+    }
+
+    async fn add(
+        &self,
+        request: ParsedRequest,
+        body: &[u8],
+        carried: Option<&Carried>,
+    ) -> IngestOutcome {
+        let mut outcome = IngestOutcome::default();
         let origins: Vec<Arc<Origin>> = request.origins.into_iter().map(Arc::new).collect();
         let (incoming, stored) = self.store_by_trace(&request.spans, &origins, body);
         let mut stored = stored.into_iter();
@@ -75,7 +111,7 @@ impl TraceBuffer {
                 shard,
                 &incoming[start..end],
                 &mut stored,
-                now,
+                Arrival { now, carried },
                 &mut kept,
                 &mut outcome,
             );
@@ -95,7 +131,7 @@ impl TraceBuffer {
         if !kept.is_empty() {
             self.send(SpanBatch { chunks: kept }).await;
         }
-        Ok(outcome)
+        outcome
     }
 
     /// Adds the traces of one shard (`groups`, whose chunks are the next ones of `stored`) under
@@ -105,7 +141,7 @@ impl TraceBuffer {
         shard: usize,
         groups: &[Incoming],
         stored: &mut impl Iterator<Item = Stored>,
-        now: Instant,
+        arrival: Arrival<'_>,
         kept: &mut Vec<Chunk>,
         outcome: &mut IngestOutcome,
     ) -> ShardResult {
@@ -115,10 +151,10 @@ impl TraceBuffer {
         let mut guard = self.lock(shard);
         let ShardState {
             traces,
-            queue,
-            root_queue,
+            queues,
             cache,
         } = &mut *guard;
+        let now = arrival.now;
         for group in groups {
             let chunks = stored.by_ref().take(group.chunks);
             let id = group.id;
@@ -137,8 +173,8 @@ impl TraceBuffer {
                     }
                     None => {
                         let deadline = now + self.settings.decision_wait;
-                        result.wake |= queue.is_empty();
-                        queue.push_back((deadline, id));
+                        result.wake |= queues.arrivals.is_empty();
+                        queues.arrivals.push_back((deadline, id));
                         result.new_traces += 1;
                         result.added.traces += 1;
                         result.added.bytes += TRACE_OVERHEAD;
@@ -163,8 +199,17 @@ impl TraceBuffer {
                 let root_deadline = now + self.settings.wait_after_root;
                 if root_deadline < entry.deadline {
                     entry.deadline = root_deadline;
-                    result.wake |= root_queue.is_empty();
-                    root_queue.push_back((root_deadline, id));
+                    result.wake |= queues.roots.is_empty();
+                    queues.roots.push_back((root_deadline, id));
+                }
+            }
+            if let Some(remaining) = arrival.carried.and_then(|c| c.get(&id)) {
+                // Moving a trace does not restart its wait.
+                let carried_deadline = now + (*remaining).min(self.settings.decision_wait);
+                if carried_deadline < entry.deadline {
+                    entry.deadline = carried_deadline;
+                    queues.moved.push(Reverse((carried_deadline, id)));
+                    result.wake = true;
                 }
             }
             if self.settings.max_trace_bytes > 0 && entry.bytes > self.settings.max_trace_bytes {

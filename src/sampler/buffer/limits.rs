@@ -12,7 +12,7 @@ use crate::otlp::Chunk;
 
 impl TraceBuffer {
     /// With `block_on_overflow`, refuses a request while the buffer is at a limit.
-    pub(super) fn refuse_if_full(&self) -> Result<(), Overflow> {
+    pub fn refuse_if_full(&self) -> Result<(), Overflow> {
         if !self.settings.block_on_overflow {
             return Ok(());
         }

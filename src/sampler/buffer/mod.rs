@@ -53,6 +53,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 pub use cache::{fingerprint, IdBuildHasher, Remembered};
+pub use handoff::{Carried, HandedTrace};
 
 use crate::otlp::SpanBatch;
 use crate::policy::PolicySet;

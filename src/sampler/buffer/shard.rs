@@ -3,27 +3,44 @@
 //!
 //! `decision_wait` is the same for every trace, so arrival order is deadline order and a FIFO
 //! (`VecDeque`) is a deadline queue with no heap. Traces whose root span arrived with
-//! `decision_wait_after_root_received` get a second FIFO, also in deadline order. A queue entry
-//! is checked against the map only when it reaches the front: an entry whose trace is gone (or
-//! was given a new deadline) is stale and skipped then.
+//! `decision_wait_after_root_received` get a second FIFO, also in deadline order; traces handed
+//! over by another sampler keep the deadline they had there, in any order, so they go in a heap.
+//! A queue entry is checked against the map only when it reaches the front: an entry whose trace
+//! is gone (or was given a new deadline) is stale and skipped then.
 
+use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Mutex, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::cache::{self, IdBuildHasher};
+use super::cache::{self, fingerprint, IdBuildHasher};
 use super::store::Stored;
 use crate::otlp::TraceId;
 
 /// Shards: enough that receivers on different cores rarely meet on one lock.
 pub const SHARDS: usize = 16;
 
-/// Which shard holds a trace. Trace IDs are random; the last bytes are as good as a hash.
+/// Which shard holds a trace: a hash of its fingerprint, seeded per process, so crafted trace
+/// IDs cannot choose their shard, and a decision known only by fingerprint (one moved from
+/// another sampler) finds its shard too.
 pub fn shard_of(id: &TraceId) -> usize {
-    (id[15] as usize ^ id[7] as usize) % SHARDS
+    shard_of_fingerprint(fingerprint(id))
+}
+
+/// [`shard_of`] for a trace known by its fingerprint.
+pub fn shard_of_fingerprint(fingerprint: u64) -> usize {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        // `RandomState` is seeded from the OS once per process.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(0x7461_696c_6761_7465);
+        hasher.finish() | 1
+    });
+    ((fingerprint ^ (fingerprint >> 31)).wrapping_mul(seed) >> 60) as usize % SHARDS
 }
 
 pub(super) struct TraceEntry {
@@ -36,62 +53,94 @@ pub(super) struct TraceEntry {
     pub(super) memory: usize,
 }
 
-pub(super) struct ShardState {
-    pub(super) traces: HashMap<TraceId, TraceEntry, IdBuildHasher>,
-    /// `(deadline, trace)` in arrival order; deadlines are `arrival + decision_wait`.
-    pub(super) queue: VecDeque<(Instant, TraceId)>,
-    /// `(deadline, trace)` for traces whose root span arrived, deadlines
-    /// `root arrival + decision_wait_after_root_received`: also in deadline order.
-    pub(super) root_queue: VecDeque<(Instant, TraceId)>,
-    pub(super) cache: cache::DecisionCache,
+/// The queues of `(deadline, trace)` entries a shard decides from, each earliest first.
+#[derive(Default)]
+pub(super) struct Queues {
+    /// In arrival order; deadlines are `arrival + decision_wait`, so arrival order is deadline
+    /// order and a FIFO suffices.
+    pub(super) arrivals: VecDeque<(Instant, TraceId)>,
+    /// For traces whose root span arrived: `root arrival + decision_wait_after_root_received`,
+    /// also in deadline order.
+    pub(super) roots: VecDeque<(Instant, TraceId)>,
+    /// Traces handed over by another sampler, with the deadline they had there: those come in
+    /// any order, so a heap.
+    pub(super) moved: BinaryHeap<Reverse<(Instant, TraceId)>>,
 }
 
-/// Pops queue entries whose trace is gone or has since been given another deadline, so the
-/// front is live. Returns the front deadline.
-fn live_front(
-    queue: &mut VecDeque<(Instant, TraceId)>,
-    traces: &HashMap<TraceId, TraceEntry, IdBuildHasher>,
-) -> Option<Instant> {
-    while let Some(&(deadline, id)) = queue.front() {
-        match traces.get(&id) {
-            Some(entry) if entry.deadline == deadline => return Some(deadline),
-            _ => {
-                queue.pop_front();
-            }
+#[derive(Clone, Copy)]
+enum Which {
+    Arrivals,
+    Roots,
+    Moved,
+}
+
+impl Queues {
+    fn front(&self, which: Which) -> Option<(Instant, TraceId)> {
+        match which {
+            Which::Arrivals => self.arrivals.front().copied(),
+            Which::Roots => self.roots.front().copied(),
+            Which::Moved => self.moved.peek().map(|Reverse(e)| *e),
         }
     }
-    None
+
+    fn pop(&mut self, which: Which) {
+        match which {
+            Which::Arrivals => drop(self.arrivals.pop_front()),
+            Which::Roots => drop(self.roots.pop_front()),
+            Which::Moved => drop(self.moved.pop()),
+        }
+    }
+
+    /// The queue whose front is the earliest, with that front.
+    fn earliest(&self) -> Option<(Which, Instant, TraceId)> {
+        [Which::Arrivals, Which::Roots, Which::Moved]
+            .into_iter()
+            .filter_map(|w| self.front(w).map(|(d, id)| (w, d, id)))
+            .min_by_key(|&(_, d, _)| d)
+    }
+
+    /// Pops entries of `which` whose trace is gone or has since been given another deadline, so
+    /// its front is live; returns that front's deadline.
+    fn live_front(
+        &mut self,
+        which: Which,
+        traces: &HashMap<TraceId, TraceEntry, IdBuildHasher>,
+    ) -> Option<Instant> {
+        while let Some((deadline, id)) = self.front(which) {
+            match traces.get(&id) {
+                Some(entry) if entry.deadline == deadline => return Some(deadline),
+                _ => self.pop(which),
+            }
+        }
+        None
+    }
+}
+
+pub(super) struct ShardState {
+    pub(super) traces: HashMap<TraceId, TraceEntry, IdBuildHasher>,
+    pub(super) queues: Queues,
+    pub(super) cache: cache::DecisionCache,
 }
 
 impl ShardState {
     /// The earliest live deadline in the shard.
     pub(super) fn front_deadline(&mut self) -> Option<Instant> {
-        let a = live_front(&mut self.queue, &self.traces);
-        let b = live_front(&mut self.root_queue, &self.traces);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [Which::Arrivals, Which::Roots, Which::Moved]
+            .into_iter()
+            .filter_map(|w| self.queues.live_front(w, &self.traces))
+            .min()
     }
 
     /// Removes and returns the trace with the earliest deadline if it is due by `now`.
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<(TraceId, TraceEntry)> {
         // A queue front is checked against the map only once it is due: a stale front (a trace
-        // removed early, or moved to the root queue) is then skipped.
+        // removed early, or given an earlier deadline in another queue) is then skipped.
         loop {
-            let a = self.queue.front().map(|&(d, _)| d);
-            let b = self.root_queue.front().map(|&(d, _)| d);
-            let queue = match (a, b) {
-                (Some(a), Some(b)) if b < a => &mut self.root_queue,
-                (Some(_), _) => &mut self.queue,
-                (None, Some(_)) => &mut self.root_queue,
-                (None, None) => return None,
-            };
-            let &(deadline, id) = queue.front()?;
+            let (which, deadline, id) = self.queues.earliest()?;
             if deadline > now {
                 return None;
             }
-            queue.pop_front();
+            self.queues.pop(which);
             if let Entry::Occupied(entry) = self.traces.entry(id) {
                 if entry.get().deadline == deadline {
                     return Some((id, entry.remove()));
@@ -112,8 +161,7 @@ impl Shard {
         Shard {
             state: Mutex::new(ShardState {
                 traces: HashMap::default(),
-                queue: VecDeque::new(),
-                root_queue: VecDeque::new(),
+                queues: Queues::default(),
                 cache: cache::DecisionCache::new(sampled_cache, not_sampled_cache),
             }),
             wake: Notify::new(),
