@@ -289,12 +289,12 @@ async fn unique(mut exporter: Arc<Exporter>, deadline: tokio::time::Instant) -> 
     }
 }
 
-/// Drains a backend that left the ring, in the background.
+/// Drains a backend that left the ring, in the background; its series leave `/metrics` after.
 fn retire(exporter: Arc<Exporter>, within: Duration) {
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + within;
         if let Some(exporter) = unique(exporter, deadline).await {
-            exporter.shutdown(deadline).await;
+            exporter.retire(deadline).await;
         }
     });
 }
