@@ -2,6 +2,8 @@
 //! is missing and apt is there). A missing `promtool` fails the test that needs it, with the
 //! command that installs it: these checks are the point of the tests, never skipped.
 
+#![allow(dead_code)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
