@@ -14,6 +14,7 @@
 //!   ports and policies, exporting to a backend.
 //! - [`otlp`]: small builders for OTLP messages and a gRPC client.
 //! - [`python`]: runs the Python SDK clients in `tests/clients/` (from the venv at `.venv`).
+//! - [`node`]: runs the OpenTelemetry JS SDK clients in `tests/clients/js/` with Node.
 //! - [`promtool`]: Prometheus' `promtool`, to lint `/metrics` and test alert rules.
 //! - [`http`]: a minimal HTTP/1 client (health checks, metric scrapes, OTLP/HTTP posts).
 //!
@@ -29,6 +30,7 @@ pub mod config;
 pub mod dns;
 pub mod gateway;
 pub mod http;
+pub mod node;
 pub mod otlp;
 pub mod promtool;
 pub mod python;
