@@ -149,6 +149,26 @@ pub struct Metric {
 }
 
 impl Metric {
+    /// A metric outside the catalog, for tests that must not share series with other tests.
+    #[cfg(test)]
+    pub(crate) const fn for_test(
+        name: &'static str,
+        kind: Kind,
+        unit: &'static str,
+        labels: &'static [&'static str],
+        buckets: &'static [f64],
+    ) -> Metric {
+        Metric {
+            name,
+            kind,
+            unit,
+            labels,
+            help: "A test metric.",
+            buckets,
+            series: RwLock::new(Vec::new()),
+        }
+    }
+
     /// The name Prometheus shows under `naming`.
     pub fn exported_name(&self, naming: Naming) -> String {
         let mut name = self.name.to_string();

@@ -10,8 +10,16 @@ use super::catalog::{self, Kind, Metric, Naming, Storage};
 /// Renders every metric with at least one series. `sampled` holds the values of the metrics
 /// read at scrape time (the process metrics), which have no registered series.
 pub fn render(naming: Naming, sampled: &[(&'static Metric, f64)]) -> String {
+    render_metrics(catalog::ALL, naming, sampled)
+}
+
+fn render_metrics(
+    metrics: &[&'static Metric],
+    naming: Naming,
+    sampled: &[(&'static Metric, f64)],
+) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    for metric in catalog::ALL {
+    for metric in metrics {
         if let Some((_, value)) = sampled.iter().find(|(m, _)| std::ptr::eq(*m, *metric)) {
             let name = metric.exported_name(naming);
             header(&mut out, metric, &name);
@@ -139,19 +147,31 @@ mod tests {
         assert!(text.contains("# TYPE tailgate_receiver_rejected_requests counter\n"));
     }
 
+    static LATENESS: Metric = Metric::for_test(
+        "tailgate_test_lateness",
+        Kind::Histogram,
+        "s",
+        &["shard"],
+        &[0.001, 0.005, 10.0],
+    );
+
     #[test]
     fn a_histogram_is_shown_with_cumulative_buckets_sum_and_count() {
-        let h = catalog::DECISION_LATENESS.histogram(&[]);
+        let h = LATENESS.histogram(&["1"]);
         h.record(0.003);
         h.record(20.0);
-        let text = render(Naming::PROMETHEUS, &[]);
-        assert!(text.contains("# TYPE tailgate_decision_lateness_seconds histogram\n"));
-        assert!(text.contains("tailgate_decision_lateness_seconds_bucket{le=\"0.001\"} 0\n"));
-        assert!(text.contains("tailgate_decision_lateness_seconds_bucket{le=\"0.005\"} 1\n"));
-        assert!(text.contains("tailgate_decision_lateness_seconds_bucket{le=\"10\"} 1\n"));
-        assert!(text.contains("tailgate_decision_lateness_seconds_bucket{le=\"+Inf\"} 2\n"));
-        assert!(text.contains("tailgate_decision_lateness_seconds_count 2\n"));
-        assert!(text.contains("tailgate_decision_lateness_seconds_sum 20.003\n"));
+        let text = render_metrics(&[&LATENESS], Naming::PROMETHEUS, &[]);
+        let expected = "\
+# HELP tailgate_test_lateness_seconds A test metric.
+# TYPE tailgate_test_lateness_seconds histogram
+tailgate_test_lateness_seconds_bucket{shard=\"1\",le=\"0.001\"} 0
+tailgate_test_lateness_seconds_bucket{shard=\"1\",le=\"0.005\"} 1
+tailgate_test_lateness_seconds_bucket{shard=\"1\",le=\"10\"} 1
+tailgate_test_lateness_seconds_bucket{shard=\"1\",le=\"+Inf\"} 2
+tailgate_test_lateness_seconds_sum{shard=\"1\"} 20.003
+tailgate_test_lateness_seconds_count{shard=\"1\"} 2
+";
+        assert_eq!(text, expected);
     }
 
     #[test]
