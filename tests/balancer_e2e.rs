@@ -229,7 +229,7 @@ async fn every_trace_lands_whole_on_the_sampler_the_collector_ring_picks() {
     for sampler in &samplers {
         assert_eq!(
             sampler
-                .metric_opt("tailgate_cluster_forwarded_spans_total", &[])
+                .metric_opt("tailgate_cluster_forwarded_spans", &[])
                 .await,
             Some(0.0)
         );

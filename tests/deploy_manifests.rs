@@ -12,14 +12,27 @@
 //!   sampler's `cluster.endpoint` is on it, the kustomization lists every manifest, the
 //!   Kubernetes grace periods cover `service.shutdown_grace_period`.
 //!
+//! - `deploy/compose/prometheus.yaml` passes `promtool check config` and scrapes every tailgate
+//!   service of the compose file;
+//! - `deploy/prometheus/alerts.yaml` passes `promtool check rules` and its unit tests
+//!   (`promtool test rules alerts_test.yaml`);
+//! - the Grafana dashboard `deploy/grafana/tailgate.json` parses, its queries are valid PromQL,
+//!   and every metric the dashboard and the alerts query is one tailgate exports under the naming
+//!   the deploy configs select (read from the metric catalog), covering every part of both tiers.
+//!
 //! Each validator also gets a deliberately broken input that it must reject, so a validator that
 //! stopped checking (or a wrapper that stopped reading its verdict) fails here too.
 //!
-//! The two validators are Python packages pinned in `tests/clients/requirements.txt` and run from
-//! `.venv/bin/` (or beside `$TAILGATE_TEST_PYTHON`), which `tests/run.sh` sets up. Without them a
-//! test prints `SKIPPED` and passes, except under CI (`CI` set), where it fails.
+//! The two schema validators are Python packages pinned in `tests/clients/requirements.txt` and run
+//! from `.venv/bin/` (or beside `$TAILGATE_TEST_PYTHON`), which `tests/run.sh` sets up. Without
+//! them a test prints `SKIPPED` and passes, except under CI (`CI` set), where it fails. promtool
+//! (Debian's `prometheus` package, which `tests/run.sh` installs) is required: without it the
+//! Prometheus tests fail with the command that installs it.
 
-use std::collections::BTreeSet;
+#[path = "support/promtool.rs"]
+mod promtool;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -39,7 +52,21 @@ const CONFIG_ENV: &[(&str, &str)] = &[
 
 /// YAML files in `deploy/` that configure third-party software (Tempo, Grafana): no schema of
 /// theirs is available offline, so they are only parsed and checked to be mounted by compose.
-const THIRD_PARTY: &[&str] = &["compose/tempo.yaml", "compose/grafana-datasources.yaml"];
+const THIRD_PARTY: &[&str] = &[
+    "compose/tempo.yaml",
+    "compose/grafana-datasources.yaml",
+    "compose/grafana-dashboards.yaml",
+];
+
+/// Prometheus files, checked with promtool.
+const PROMETHEUS_CONFIG: &str = "compose/prometheus.yaml";
+const ALERT_RULES: &str = "prometheus/alerts.yaml";
+const ALERT_TESTS: &str = "prometheus/alerts_test.yaml";
+const DASHBOARD: &str = "grafana/tailgate.json";
+
+/// The scrape jobs of the two tiers, as the alerts and the dashboard name them.
+const BALANCER_JOB: &str = "tailgate-balancer";
+const SAMPLER_JOB: &str = "tailgate-sampler";
 
 // ---------------------------------------------------------------------------------------------
 // Finding and classifying the files
@@ -60,6 +87,9 @@ enum Kind {
     KubernetesManifest,
     Kustomization,
     ThirdParty,
+    PrometheusConfig,
+    AlertRules,
+    AlertTests,
 }
 
 /// Every `.yaml`/`.yml` under `deploy/`, sorted, with its kind. A file that fits no kind fails
@@ -97,6 +127,12 @@ fn classify(path: &Path) -> Kind {
     let name = relative.to_string_lossy().replace('\\', "/");
     if THIRD_PARTY.contains(&name.as_str()) {
         return Kind::ThirdParty;
+    }
+    match name.as_str() {
+        PROMETHEUS_CONFIG => return Kind::PrometheusConfig,
+        ALERT_RULES => return Kind::AlertRules,
+        ALERT_TESTS => return Kind::AlertTests,
+        _ => {}
     }
     let docs = load_yaml(path);
     let has = |key: &str| docs.iter().all(|doc| doc.get(key).is_some());
@@ -429,22 +465,31 @@ fn compose_balancer_and_samplers_agree_on_the_sampler_set() {
             let Some(spec) = volume.as_str() else {
                 continue;
             };
-            let Some(source) = spec.split(':').next().filter(|s| s.starts_with("./")) else {
+            let Some(source) = spec
+                .split(':')
+                .next()
+                .filter(|s| s.starts_with("./") || s.starts_with("../"))
+            else {
                 continue;
             };
             let path = dir.join(source);
             assert!(
-                path.is_file(),
+                path.is_file() || path.is_dir(),
                 "service {name} mounts {source}, which does not exist"
             );
             mounts.push((name.clone(), source.trim_start_matches("./").to_string()));
         }
     }
-    for third_party in THIRD_PARTY.iter().filter(|f| f.starts_with("compose/")) {
-        let file = third_party.trim_start_matches("compose/");
+    let mounted_from_compose = THIRD_PARTY
+        .iter()
+        .chain([&PROMETHEUS_CONFIG])
+        .filter(|f| f.starts_with("compose/"))
+        .map(|f| f.trim_start_matches("compose/").to_string());
+    let mounted_from_deploy = [ALERT_RULES, "grafana"].map(|f| format!("../{f}"));
+    for file in mounted_from_compose.chain(mounted_from_deploy) {
         assert!(
-            mounts.iter().any(|(_, source)| source == file),
-            "deploy/{third_party} is mounted by no service"
+            mounts.iter().any(|(_, source)| *source == file),
+            "{file} (in deploy/compose/) is mounted by no service"
         );
     }
 
@@ -760,4 +805,382 @@ fn kubernetes_kustomization_and_tiers_fit_together() {
         pdb["spec"]["selector"]["matchLabels"], sampler["spec"]["selector"]["matchLabels"],
         "the sampler PodDisruptionBudget selects the sampler pods"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus and Grafana
+
+/// Copies files of `deploy/` into one temp directory, flat, so a config's relative references
+/// (`rule_files: [alerts.yaml]`) resolve as they do where compose mounts them side by side.
+fn flat_copy(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for file in files {
+        let from = deploy_dir().join(file);
+        let name = from.file_name().unwrap();
+        std::fs::copy(&from, dir.path().join(name))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+    dir
+}
+
+#[test]
+fn prometheus_config_for_compose_passes_promtool_and_scrapes_every_tailgate_service() {
+    let dir = flat_copy(&[PROMETHEUS_CONFIG, ALERT_RULES]);
+    let verdict = promtool::run(dir.path(), &["check", "config", "prometheus.yaml"]);
+    assert!(
+        verdict.success,
+        "promtool check config:\n{}",
+        verdict.output
+    );
+
+    // Each tier's job scrapes exactly its compose services, on the port their configs serve.
+    let compose_dir = deploy_dir().join("compose");
+    let compose_file = compose_dir.join("docker-compose.yaml");
+    let compose = load_one(&compose_file);
+    let services = at(&compose, "services", &compose_file)
+        .as_mapping()
+        .unwrap();
+    let mut expected: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for (name, service) in services {
+        let mounts: Vec<&str> = service
+            .get("volumes")
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        for (config, job) in [
+            ("balancer.yaml", BALANCER_JOB),
+            ("sampler.yaml", SAMPLER_JOB),
+        ] {
+            if mounts
+                .iter()
+                .any(|m| m.starts_with(&format!("./{config}:")))
+            {
+                let tailgate = load_one(&compose_dir.join(config));
+                let prometheus = at(
+                    &tailgate,
+                    "service.telemetry.metrics.readers",
+                    &compose_dir.join(config),
+                )[0]["pull"]["exporter"]["prometheus"]
+                    .clone();
+                let port = prometheus["port"].as_u64().expect("a reader port");
+                expected
+                    .entry(job)
+                    .or_default()
+                    .insert(format!("{}:{port}", name.as_str().unwrap()));
+            }
+        }
+    }
+    let config_file = deploy_dir().join(PROMETHEUS_CONFIG);
+    let config = load_one(&config_file);
+    let mut scraped: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for job in at(&config, "scrape_configs", &config_file)
+        .as_sequence()
+        .unwrap()
+    {
+        let name = job["job_name"].as_str().unwrap();
+        let name = [BALANCER_JOB, SAMPLER_JOB]
+            .into_iter()
+            .find(|j| *j == name)
+            .unwrap_or_else(|| panic!("unexpected scrape job {name}"));
+        for targets in job["static_configs"].as_sequence().unwrap() {
+            for target in targets["targets"].as_sequence().unwrap() {
+                scraped
+                    .entry(name)
+                    .or_default()
+                    .insert(target.as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(
+        scraped, expected,
+        "Prometheus scrapes every tailgate service of compose"
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_rules() {
+    let dir = flat_copy(&[ALERT_RULES]);
+    let verdict = promtool::run(dir.path(), &["check", "rules", "alerts.yaml"]);
+    assert!(verdict.success, "promtool check rules:\n{}", verdict.output);
+    let broken =
+        "groups:\n  - name: broken\n    rules:\n      - alert: Broken\n        expr: rate(x[5m]\n";
+    std::fs::write(dir.path().join("broken.yaml"), broken).unwrap();
+    let verdict = promtool::run(dir.path(), &["check", "rules", "broken.yaml"]);
+    assert!(
+        !verdict.success,
+        "promtool accepted a rule that does not parse:\n{}",
+        verdict.output
+    );
+}
+
+#[test]
+fn alert_rules_pass_their_promtool_unit_tests() {
+    let dir = flat_copy(&[ALERT_RULES, ALERT_TESTS]);
+    let verdict = promtool::run(dir.path(), &["test", "rules", "alerts_test.yaml"]);
+    assert!(verdict.success, "promtool test rules:\n{}", verdict.output);
+
+    // Every rule is tested: it appears as an alertname with an expected alert.
+    let rules = load_one(&deploy_dir().join(ALERT_RULES));
+    let tests = std::fs::read_to_string(deploy_dir().join(ALERT_TESTS)).unwrap();
+    let tests: Value = serde_yaml::from_str(&tests).unwrap();
+    let fired: BTreeSet<&str> = tests["tests"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_sequence().unwrap())
+        .filter(|case| !case["exp_alerts"].as_sequence().unwrap().is_empty())
+        .map(|case| case["alertname"].as_str().unwrap())
+        .collect();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let name = rule["alert"].as_str().expect("alerting rules only");
+            assert!(fired.contains(name), "{name} has no test in which it fires");
+        }
+    }
+}
+
+#[test]
+fn alert_unit_tests_fail_when_a_rule_does_not_fire_as_expected() {
+    let dir = flat_copy(&[ALERT_RULES]);
+    // No backend gauge at 3, yet the test expects the no-backends alert.
+    let wrong = "rule_files: [alerts.yaml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n      - series: 'otelcol_loadbalancer_num_backends{job=\"tailgate-balancer\",instance=\"b:8888\",resolver=\"dns\"}'\n        values: '3x10'\n    alert_rule_test:\n      - eval_time: 5m\n        alertname: TailgateNoBackends\n        exp_alerts:\n          - exp_labels: {severity: critical, job: tailgate-balancer, instance: 'b:8888', resolver: dns}\n";
+    std::fs::write(dir.path().join("wrong_test.yaml"), wrong).unwrap();
+    let verdict = promtool::run(dir.path(), &["test", "rules", "wrong_test.yaml"]);
+    assert!(
+        !verdict.success,
+        "promtool passed a test whose alert cannot fire:\n{}",
+        verdict.output
+    );
+}
+
+/// The naming every tailgate config in `deploy/` selects; they must agree, since one dashboard
+/// and one set of alerts serve them all.
+fn deploy_naming() -> tailgate::telemetry::Naming {
+    let env: BTreeMap<&str, &str> = CONFIG_ENV.iter().copied().collect();
+    let mut namings = BTreeMap::new();
+    for file in files_of(Kind::TailgateConfig) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text =
+            tailgate::yaml::expand_env(&text, |name| env.get(name).map(|v| v.to_string())).unwrap();
+        let config = tailgate::config::Config::from_yaml(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        namings.insert(file.display().to_string(), config.settings.telemetry.naming);
+    }
+    let distinct: BTreeSet<String> = namings.values().map(|n| format!("{n:?}")).collect();
+    assert_eq!(
+        distinct.len(),
+        1,
+        "the deploy configs name metrics differently: {namings:?}"
+    );
+    *namings.values().next().unwrap()
+}
+
+/// Every name a query can use for a tailgate metric under `naming`.
+fn exported_names(naming: tailgate::telemetry::Naming) -> BTreeSet<String> {
+    tailgate::telemetry::catalog::ALL
+        .iter()
+        .flat_map(|m| m.exported_series_names(naming))
+        .collect()
+}
+
+/// The metric names a PromQL expression uses: identifiers with tailgate's prefixes, outside
+/// quoted strings.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut in_string = false;
+    let mut word = String::new();
+    let mut flush = |word: &mut String| {
+        if word.starts_with("otelcol_") || word.starts_with("tailgate_") {
+            names.insert(word.clone());
+        }
+        word.clear();
+    };
+    for c in expr.chars() {
+        if c == '"' {
+            in_string = !in_string;
+            flush(&mut word);
+        } else if !in_string && (c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            word.push(c);
+        } else {
+            flush(&mut word);
+        }
+    }
+    flush(&mut word);
+    names
+}
+
+/// Every query of the dashboard: panel targets' `expr` and template variable queries.
+fn dashboard_queries() -> Vec<String> {
+    let file = deploy_dir().join(DASHBOARD);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", file.display()));
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(s)) => {
+                            out.push(s.clone())
+                        }
+                        ("query", serde_json::Value::String(s)) if s.contains('(') => {
+                            out.push(s.clone())
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    assert!(dashboard["panels"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty()));
+    assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
+    let mut queries = Vec::new();
+    walk(&dashboard, &mut queries);
+    assert!(
+        queries.len() > 20,
+        "the dashboard has {} queries",
+        queries.len()
+    );
+    queries
+}
+
+/// Every alert rule's expression.
+fn alert_expressions() -> Vec<String> {
+    let rules = load_one(&deploy_dir().join(ALERT_RULES));
+    rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .map(|r| r["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_dashboard_and_the_alerts_query_only_metrics_tailgate_exports() {
+    let naming = deploy_naming();
+    let exported = exported_names(naming);
+    let mut used = BTreeSet::new();
+    for (what, queries) in [
+        ("dashboard", dashboard_queries()),
+        ("alerts", alert_expressions()),
+    ] {
+        for query in queries {
+            for name in metric_names(&query) {
+                assert!(
+                    exported.contains(&name),
+                    "the {what} queries {name}, which tailgate does not export under {naming:?} \
+                     (in `{query}`)"
+                );
+                used.insert((what, name));
+            }
+        }
+    }
+    // What each must cover, by the names after the naming rule.
+    let dashboard_needs = [
+        "otelcol_receiver_accepted_spans_total",
+        "otelcol_processor_tail_sampling_count_traces_sampled_total",
+        "otelcol_processor_tail_sampling_global_count_traces_sampled_total",
+        "otelcol_processor_tail_sampling_sampling_traces_on_memory",
+        "tailgate_buffer_max_traces",
+        "tailgate_buffered_bytes",
+        "tailgate_decision_wait_seconds",
+        "tailgate_decision_lateness_seconds_bucket",
+        "tailgate_late_spans_total",
+        "otelcol_exporter_queue_size",
+        "otelcol_exporter_queue_capacity",
+        "otelcol_exporter_send_failed_spans_total",
+        "otelcol_exporter_enqueue_failed_spans_total",
+        "otelcol_loadbalancer_num_backends",
+        "otelcol_loadbalancer_backend_outcome_total",
+        "tailgate_cluster_handed_off_spans_total",
+        "tailgate_cluster_handed_off_traces_total",
+        "tailgate_cluster_forwarded_spans_total",
+        "otelcol_process_cpu_seconds_total",
+        "otelcol_process_memory_rss_bytes",
+    ];
+    let alerts_need = [
+        "otelcol_exporter_enqueue_failed_spans_total",
+        "otelcol_exporter_send_failed_spans_total",
+        "tailgate_spans_dropped_total",
+        "otelcol_processor_tail_sampling_sampling_traces_on_memory",
+        "tailgate_buffered_bytes",
+        "tailgate_decision_lateness_seconds_bucket",
+        "otelcol_loadbalancer_num_backends",
+    ];
+    for (what, needs) in [
+        ("dashboard", &dashboard_needs[..]),
+        ("alerts", &alerts_need[..]),
+    ] {
+        for name in needs {
+            assert!(
+                used.contains(&(what, name.to_string())),
+                "the {what} does not use {name}"
+            );
+        }
+    }
+    // The jobs they name are the compose Prometheus' jobs.
+    for query in dashboard_queries().iter().chain(&alert_expressions()) {
+        for (at, _) in query.match_indices("job=\"") {
+            let job = query[at + 5..].split('"').next().unwrap();
+            assert!(
+                [BALANCER_JOB, SAMPLER_JOB].contains(&job),
+                "unknown job {job} in {query}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_metric_name_tailgate_does_not_export_is_caught() {
+    let exported = exported_names(deploy_naming());
+    let names = metric_names(
+        r#"rate(otelcol_receiver_accepted_spans{job="tailgate_x"}[5m]) / tailgate_late_spans_total"#,
+    );
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "otelcol_receiver_accepted_spans".to_string(),
+            "tailgate_late_spans_total".to_string()
+        ])
+    );
+    assert!(
+        !exported.contains("otelcol_receiver_accepted_spans"),
+        "the default-reader name"
+    );
+    assert!(exported.contains("tailgate_late_spans_total"));
+}
+
+#[test]
+fn every_dashboard_query_is_valid_promql() {
+    // Grafana's variables, as Grafana substitutes them, then each query as a recording rule,
+    // which `promtool check rules` parses.
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, query) in dashboard_queries().iter().enumerate() {
+        let query = query
+            .replace("$__rate_interval", "1m")
+            .replace("$job", ".*")
+            .replace("$instance", ".*");
+        let query = if query.starts_with("label_values(") {
+            // A Grafana function, not PromQL: check the selector inside it.
+            let inner = &query["label_values(".len()..query.rfind(',').unwrap()];
+            inner.to_string()
+        } else {
+            query
+        };
+        rules += &format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&query).unwrap()
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dashboard.yaml"), &rules).unwrap();
+    let verdict = promtool::run(dir.path(), &["check", "rules", "dashboard.yaml"]);
+    assert!(verdict.success, "{}\n{rules}", verdict.output);
 }

@@ -237,12 +237,12 @@ async fn a_sampler_joining_takes_its_share_of_buffered_traces_and_nothing_is_los
         "the new sampler decided its share: {per_sampler:?}"
     );
     assert!(
-        tier.sum(&[2, 3, 4], "tailgate_cluster_handed_off_traces_total")
+        tier.sum(&[2, 3, 4], "tailgate_cluster_handed_off_traces")
             .await
             > 0.0
     );
     assert_eq!(
-        tier.sum(&[2, 3, 4, 5], "tailgate_cluster_kept_traces_total")
+        tier.sum(&[2, 3, 4, 5], "tailgate_cluster_kept_traces")
             .await,
         0.0
     );

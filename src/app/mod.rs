@@ -15,7 +15,6 @@ mod shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +24,7 @@ use crate::config::{Role, Settings};
 use crate::exporter::{Exporter, PassThrough, Pipeline};
 use crate::otlp::TraceConsumer;
 use crate::receiver::{serve_grpc, serve_http};
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, SamplerSettings};
 use crate::telemetry::{self, Health};
 use shutdown::Shutdown;
 
@@ -109,6 +108,7 @@ fn start_stages(
                 };
                 return Ok((stages, consumer));
             };
+            show_buffer_limits(settings);
             let sampler = Arc::new(Sampler::start(settings, input, background.clone()));
             let consumer: Arc<dyn TraceConsumer> = sampler.clone();
             let stages = Stages::Sampler {
@@ -118,6 +118,25 @@ fn start_stages(
             Ok((stages, consumer))
         }
     }
+}
+
+/// The buffer's configured limits as gauges, so dashboards and alerts can show how full it is
+/// (`otelcol_processor_tail_sampling_sampling_traces_on_memory` against `num_traces`,
+/// `tailgate_buffered_bytes` against `max_buffered_bytes`) and how long traces wait.
+fn show_buffer_limits(settings: &SamplerSettings) {
+    use telemetry::catalog;
+    let buffer = &settings.buffer;
+    catalog::BUFFER_MAX_TRACES
+        .gauge(&[])
+        .set(buffer.num_traces as f64);
+    if buffer.max_buffered_bytes > 0 {
+        catalog::BUFFER_MAX_BYTES
+            .gauge(&[])
+            .set(buffer.max_buffered_bytes as f64);
+    }
+    catalog::DECISION_WAIT
+        .gauge(&[])
+        .set(buffer.decision_wait.as_secs_f64());
 }
 
 /// Binds every receiver's listeners and starts serving them.
@@ -168,14 +187,14 @@ fn local(listener: &TcpListener) -> String {
 /// Binds and serves `/metrics` and the health endpoints.
 async fn start_operations(
     settings: &Settings,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<telemetry::Metrics>,
     health: &Health,
     stop: &CancellationToken,
 ) -> Result<Vec<JoinHandle<std::io::Result<()>>>, AppError> {
     let mut tasks = Vec::new();
-    if let (Some(handle), Some(address)) = (metrics, &settings.telemetry.metrics_address) {
+    if let (Some(metrics), Some(address)) = (metrics, &settings.telemetry.metrics_address) {
         let listener = bind("metrics", address).await?;
-        let router = telemetry::metrics_router(handle, stop.clone());
+        let router = telemetry::metrics_router(metrics);
         tasks.push(tokio::spawn(telemetry::serve(
             listener,
             router,
@@ -196,7 +215,7 @@ async fn start_operations(
 /// Runs the daemon until `shutdown` is cancelled, then shuts down within the grace period.
 pub async fn run(
     settings: Settings,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<telemetry::Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     for notice in &settings.notices {

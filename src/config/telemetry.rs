@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::telemetry::{HealthSettings, LogSettings, TelemetrySettings};
+use crate::telemetry::{HealthSettings, LogSettings, Naming, TelemetrySettings};
 use crate::yaml::{check_listen_endpoint, ConfigError};
 
 /// `service.telemetry`.
@@ -56,16 +56,34 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// The `host:port` `/metrics` is served on: the pull reader's, else `address`.
-    pub fn listen_address(&self) -> String {
+    fn pull_reader(&self) -> Option<&PrometheusReaderConfig> {
         self.readers
             .iter()
             .find_map(|r| r.pull.as_ref())
-            .map(|p| {
-                let prom = &p.exporter.prometheus;
-                format!("{}:{}", prom.host, prom.port)
-            })
+            .map(|p| &p.exporter.prometheus)
+    }
+
+    /// The `host:port` `/metrics` is served on: the pull reader's, else `address`.
+    pub fn listen_address(&self) -> String {
+        self.pull_reader()
+            .map(|prom| format!("{}:{}", prom.host, prom.port))
             .unwrap_or_else(|| self.address.clone())
+    }
+
+    /// How metric names are shown. Without a pull reader (the `address` form, or nothing), as
+    /// the Collector's default reader shows them: no `_total`, no unit suffix. With one, as a
+    /// Prometheus reader the user configured: `_total` on counters and unit suffixes unless
+    /// `without_type_suffix` / `without_units` turn them off (the OpenTelemetry Prometheus
+    /// exporter's defaults, which the Collector used for explicit readers until its newest
+    /// releases made both switches default to true; see README "Metrics").
+    pub fn naming(&self) -> Naming {
+        match self.pull_reader() {
+            None => Naming::COLLECTOR_DEFAULT,
+            Some(prom) => Naming {
+                type_suffix: !prom.without_type_suffix,
+                units: !prom.without_units,
+            },
+        }
     }
 }
 
@@ -89,8 +107,9 @@ pub struct PullExporterConfig {
     pub prometheus: PrometheusReaderConfig,
 }
 
-/// `...pull.exporter.prometheus`. The `without_*` switches are accepted and have no effect:
-/// tailgate's metric names are the same whatever they say.
+/// `...pull.exporter.prometheus`. `without_type_suffix` and `without_units` decide the metric
+/// names ([`MetricsConfig::naming`]); `without_scope_info` is accepted and has nothing to turn
+/// off (tailgate shows no scope labels or `otel_scope_info`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PrometheusReaderConfig {
@@ -169,6 +188,7 @@ impl TelemetryConfig {
                 json: self.logs.encoding == "json",
             },
             metrics_address: (self.metrics.level != "none").then(|| self.metrics.listen_address()),
+            naming: self.metrics.naming(),
         }
     }
 }
@@ -203,5 +223,37 @@ impl HealthCheckConfig {
             endpoint: self.endpoint.clone(),
             path: self.path.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naming(yaml: &str) -> Naming {
+        let config: TelemetryConfig = serde_yaml::from_str(yaml).unwrap();
+        let mut errors = Vec::new();
+        let settings = config.settings("service.telemetry", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        settings.naming
+    }
+
+    #[test]
+    fn metric_names_follow_the_reader_the_config_asks_for() {
+        let default = naming("metrics: {address: 127.0.0.1:8888}");
+        assert_eq!(default, Naming::COLLECTOR_DEFAULT);
+        assert_eq!(naming("{}"), Naming::COLLECTOR_DEFAULT);
+        let reader = "metrics:\n  readers:\n    - pull:\n        exporter:\n          prometheus:\n            host: 0.0.0.0\n            port: 8888\n";
+        assert_eq!(naming(reader), Naming::PROMETHEUS);
+        let without_total = format!("{reader}            without_type_suffix: true\n");
+        assert_eq!(
+            naming(&without_total),
+            Naming {
+                type_suffix: false,
+                units: true
+            }
+        );
+        let without_either = format!("{without_total}            without_units: true\n");
+        assert_eq!(naming(&without_either), Naming::COLLECTOR_DEFAULT);
     }
 }

@@ -78,9 +78,13 @@ struct ExporterMetrics {
     retries: metrics::Counter,
     splits: metrics::Counter,
     queue_size: metrics::Gauge,
+    queue_capacity: metrics::Gauge,
     /// `otelcol_loadbalancer_backend_outcome` by success, for a front-tier backend.
     backend_outcome: Option<[metrics::Counter; 2]>,
 }
+
+/// The `data_type` label of the queue gauges, as the Collector sets it for a traces exporter.
+const DATA_TYPE: &str = "traces";
 
 impl ExporterMetrics {
     fn register(name: &str, backend: Option<&str>) -> Self {
@@ -90,11 +94,38 @@ impl ExporterMetrics {
             enqueue_failed: catalog::EXPORTER_ENQUEUE_FAILED_SPANS.counter(&[name]),
             retries: catalog::EXPORTER_RETRIES.counter(&[name]),
             splits: catalog::EXPORTER_SPLIT_BATCHES.counter(&[name]),
-            queue_size: catalog::EXPORTER_QUEUE_SIZE.gauge(&[name]),
+            queue_size: catalog::EXPORTER_QUEUE_SIZE.gauge(&[name, DATA_TYPE]),
+            queue_capacity: catalog::EXPORTER_QUEUE_CAPACITY.gauge(&[name, DATA_TYPE]),
             backend_outcome: backend.map(|endpoint| {
                 ["true", "false"]
                     .map(|success| catalog::LB_BACKEND_OUTCOME.counter(&[endpoint, success]))
             }),
+        }
+    }
+
+    /// Removes this exporter's series from `/metrics`, once its handles are dropped. A series
+    /// that another exporter of the same name holds (the endpoint came back while this one
+    /// drained) stays.
+    fn forget(name: &str, backend: Option<&str>) {
+        for metric in [
+            &catalog::EXPORTER_SENT_SPANS,
+            &catalog::EXPORTER_SEND_FAILED_SPANS,
+            &catalog::EXPORTER_ENQUEUE_FAILED_SPANS,
+            &catalog::EXPORTER_RETRIES,
+            &catalog::EXPORTER_SPLIT_BATCHES,
+        ] {
+            metric.forget_unused(&[name]);
+        }
+        for metric in [
+            &catalog::EXPORTER_QUEUE_SIZE,
+            &catalog::EXPORTER_QUEUE_CAPACITY,
+        ] {
+            metric.forget_unused(&[name, DATA_TYPE]);
+        }
+        if let Some(endpoint) = backend {
+            for success in ["true", "false"] {
+                catalog::LB_BACKEND_OUTCOME.forget_unused(&[endpoint, success]);
+            }
         }
     }
 }
@@ -102,6 +133,8 @@ impl ExporterMetrics {
 /// One running exporter: its queue and workers.
 pub struct Exporter {
     name: Arc<str>,
+    /// The front-tier backend this exporter serves, if it is one.
+    backend: Option<Box<str>>,
     queue: Option<mpsc::Sender<EncodedBatch>>,
     workers: Vec<JoinHandle<()>>,
     /// Spans queued or being sent, for the shutdown report.
@@ -140,9 +173,7 @@ impl Exporter {
         let rx = Arc::new(Mutex::new(rx));
         let pending_spans = Arc::new(AtomicUsize::new(0));
         let metrics = Arc::new(ExporterMetrics::register(&name, backend));
-        catalog::EXPORTER_QUEUE_CAPACITY
-            .gauge(&[&name])
-            .set(capacity as f64);
+        metrics.queue_capacity.set(capacity as f64);
         let retired = Arc::new(AtomicBool::new(false));
         let worker = Arc::new(Worker {
             name: Arc::clone(&name),
@@ -161,7 +192,12 @@ impl Exporter {
                 let pending = Arc::clone(&pending_spans);
                 tokio::spawn(async move {
                     loop {
-                        let batch = { rx.lock().await.recv().await };
+                        let (batch, queued) = {
+                            let mut rx = rx.lock().await;
+                            let batch = rx.recv().await;
+                            (batch, rx.len())
+                        };
+                        worker.metrics.queue_size.set(queued as f64);
                         let Some(batch) = batch else { return };
                         let spans = batch.spans;
                         worker.deliver(batch, index as u64).await;
@@ -172,6 +208,7 @@ impl Exporter {
             .collect();
         Ok(Exporter {
             name,
+            backend: backend.map(Box::from),
             queue: Some(tx),
             workers,
             pending_spans,
@@ -182,10 +219,10 @@ impl Exporter {
         })
     }
 
-    /// Marks a front-tier backend as gone: from now on what is queued for it, and any batch whose
-    /// attempt in progress fails, is handed back for routing to its new owner (see
-    /// [`Exporter::start_returning`]).
-    pub fn retire(&self) {
+    /// Marks a front-tier backend as gone from the ring: from now on what is queued for it, and
+    /// any batch whose attempt in progress fails, is handed back for routing to its new owner
+    /// (see [`Exporter::start_returning`]). Follow with [`Exporter::retire`].
+    pub fn stop_taking_spans(&self) {
         self.retired.store(true, Ordering::Relaxed);
     }
 
@@ -220,9 +257,15 @@ impl Exporter {
     /// still unsent then is counted as dropped and logged.
     pub async fn shutdown(mut self, deadline: tokio::time::Instant) {
         self.queue = None;
-        let workers = std::mem::take(&mut self.workers);
-        let all = futures_join_all(workers);
+        let mut workers = std::mem::take(&mut self.workers);
+        let all = futures_join_all(&mut workers);
         if tokio::time::timeout_at(deadline, all).await.is_err() {
+            // Stop the workers, so nothing counted as dropped here is sent (and counted) later.
+            // (A handle that already finished may have been awaited above: not again.)
+            for worker in workers.into_iter().filter(|w| !w.is_finished()) {
+                worker.abort();
+                let _ = worker.await;
+            }
             let lost = self.pending_spans.load(Ordering::Relaxed);
             self.metrics.send_failed.increment(lost as u64);
             tracing::error!(exporter = %self.name, spans = lost, "shutdown grace period ended before the queue drained; unsent spans dropped");
@@ -230,8 +273,20 @@ impl Exporter {
     }
 }
 
-async fn futures_join_all(handles: Vec<JoinHandle<()>>) {
-    for h in handles {
+impl Exporter {
+    /// [`Exporter::shutdown`] for an exporter whose endpoint left the ring: once its queue has
+    /// drained (or `deadline` passed), its series are removed from `/metrics`, so a backend that
+    /// is gone does not keep showing its last queue size and counts.
+    pub async fn retire(self, deadline: tokio::time::Instant) {
+        let name = Arc::clone(&self.name);
+        let backend = self.backend.clone();
+        self.shutdown(deadline).await;
+        ExporterMetrics::forget(&name, backend.as_deref());
+    }
+}
+
+async fn futures_join_all(handles: &mut [JoinHandle<()>]) {
+    for h in handles.iter_mut() {
         if let Err(e) = h.await {
             if e.is_panic() {
                 tracing::error!("export worker panicked: {e}");

@@ -159,7 +159,7 @@ impl Router {
         }
         for (endpoint, exporter) in backends {
             tracing::info!(exporter = %self.name, endpoint = %endpoint, "backend left the ring; what it cannot take goes to the new owners");
-            exporter.retire();
+            exporter.stop_taking_spans();
             retire(exporter, self.drain_time());
         }
         tracing::info!(exporter = %self.name, backends = ?ring.endpoints(), "backend set changed");
@@ -357,12 +357,12 @@ async fn unique(mut exporter: Arc<Exporter>, deadline: tokio::time::Instant) -> 
     }
 }
 
-/// Drains a backend that left the ring, in the background.
+/// Drains a backend that left the ring, in the background; its series leave `/metrics` after.
 fn retire(exporter: Arc<Exporter>, within: Duration) {
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + within;
         if let Some(exporter) = unique(exporter, deadline).await {
-            exporter.shutdown(deadline).await;
+            exporter.retire(deadline).await;
         }
     });
 }

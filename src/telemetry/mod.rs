@@ -1,5 +1,7 @@
 //! Operating the daemon: logs, Prometheus metrics at `/metrics` (every metric declared once in the
-//! [`catalog`]), the health endpoint, and the small HTTP-serving helper they share.
+//! [`catalog`], shown by [`exposition`] under the configured [`Naming`], with the [`process`]
+//! metrics read at scrape time), the health endpoint, and the small HTTP-serving helper they
+//! share.
 //!
 //! Every place that drops data increments a counter and logs through a [`LogEvery`], so a flood
 //! of drops cannot flood the log. This module knows no stage; stages use it.
@@ -11,10 +13,14 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 pub mod catalog;
+pub mod exposition;
+pub mod process;
+
+pub use catalog::Naming;
+pub use process::HeapReader;
 
 /// Log settings, from `service.telemetry.logs`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +46,8 @@ pub struct TelemetrySettings {
     pub logs: LogSettings,
     /// Where `/metrics` is served; `None` with `level: none`.
     pub metrics_address: Option<String>,
+    /// How metric names are shown (from the Prometheus reader's `without_*` switches).
+    pub naming: Naming,
 }
 
 /// The `health_check` extension, validated.
@@ -65,21 +73,27 @@ pub fn init_logs(settings: &LogSettings) {
     };
 }
 
-/// Installs the global Prometheus recorder, describes every declared metric, and returns the
-/// recorder's handle.
-pub fn install_metrics() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Suffix("_seconds".into()),
-            &[
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ],
-        )
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
-    catalog::describe_all();
-    Ok(handle)
+/// What `/metrics` shows: every registered series under one naming, and the process metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    naming: Naming,
+    process: process::ProcessStats,
+}
+
+impl Metrics {
+    /// Starts the process clock (uptime counts from here). `heap` reads the allocator's heap
+    /// size; without it `otelcol_process_runtime_heap_alloc_bytes` is not shown.
+    pub fn new(naming: Naming, heap: Option<HeapReader>) -> Self {
+        Metrics {
+            naming,
+            process: process::ProcessStats::new(heap),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        exposition::render(self.naming, &self.process.sample())
+    }
 }
 
 /// Serves `router` on `addr` until `shutdown` is cancelled.
@@ -93,29 +107,19 @@ pub async fn serve(
         .await
 }
 
-/// The `/metrics` endpoint. Also runs the recorder's periodic upkeep.
-pub fn metrics_router(handle: PrometheusHandle, shutdown: CancellationToken) -> Router {
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => upkeep.run_upkeep(),
-            }
-        }
-    });
+/// The `/metrics` endpoint.
+pub fn metrics_router(metrics: Metrics) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {
-            let handle = handle.clone();
+            let text = metrics.render();
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4",
                     )],
-                    handle.render(),
+                    text,
                 )
             }
         }),

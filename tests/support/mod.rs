@@ -15,6 +15,8 @@
 //! - [`otlp`]: small builders for OTLP messages and a gRPC client.
 //! - [`cluster`]: a clustered sampler tier behind a balancer, on loopback addresses.
 //! - [`python`]: runs the Python SDK clients in `tests/clients/` (from the venv at `.venv`).
+//! - [`node`]: runs the OpenTelemetry JS SDK clients in `tests/clients/js/` with Node.
+//! - [`promtool`]: Prometheus' `promtool`, to lint `/metrics` and test alert rules.
 //! - [`http`]: a minimal HTTP/1 client (health checks, metric scrapes, OTLP/HTTP posts).
 //!
 //! Waiting is always on a signal (the backend's watch channel, a process exit), bounded by a
@@ -30,7 +32,9 @@ pub mod config;
 pub mod dns;
 pub mod gateway;
 pub mod http;
+pub mod node;
 pub mod otlp;
+pub mod promtool;
 pub mod python;
 
 #[allow(unused_imports)]
