@@ -129,6 +129,14 @@ pub struct Cluster {
     _resolver: Resolver,
 }
 
+/// Whether a hand-off also sends the decisions of traces that moved: only when the peer set
+/// changed (a decision moves once; the periodic sweep moves traces only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decisions {
+    Move,
+    Stay,
+}
+
 /// A request's spans by who takes them.
 struct Split<'a> {
     mine: Vec<SpanRef>,
@@ -169,7 +177,7 @@ impl Cluster {
         loop {
             let current = resolved.borrow_and_update().clone();
             if self.peers.set_resolved(&current) {
-                self.hand_off().await;
+                self.hand_off(Decisions::Move).await;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -178,8 +186,8 @@ impl Cluster {
                 // owner (that is what stops two samplers with different views bouncing them).
                 // Once the views agree, the sweep moves such traces to their owner.
                 _ = sweep.tick() => {
-                    self.peers.expire_marks();
-                    self.hand_off().await;
+                    let changed = self.peers.expire_marks();
+                    self.hand_off(if changed { Decisions::Move } else { Decisions::Stay }).await;
                 }
             }
         }
@@ -221,10 +229,8 @@ impl Cluster {
         }
         let extensions = handoff::read(request.body);
         if !extensions.decisions.is_empty() {
-            self.buffer.adopt_decisions(&extensions.decisions);
-            self.metrics
-                .decisions_adopted
-                .increment(extensions.decisions.len() as u64);
+            let adopted = self.buffer.adopt_decisions(&extensions.decisions);
+            self.metrics.decisions_adopted.increment(adopted as u64);
         }
         let carried: Carried = extensions
             .timings
@@ -315,20 +321,23 @@ impl Cluster {
         }
     }
 
-    /// Sends every buffered trace (and remembered decision) this sampler no longer owns to its
-    /// owner; what no owner takes goes back into the buffer.
-    pub async fn hand_off(&self) {
+    /// Sends every buffered trace this sampler no longer owns to its owner (and, when the peer
+    /// set changed, the remembered decisions of traces that moved); what no owner takes goes
+    /// back into the buffer.
+    pub async fn hand_off(&self, decisions: Decisions) {
         let _one_at_a_time = self.hand_off.lock().await;
         let view = self.peers.view();
         if !view.has_peers() {
             return;
         }
         let traces = self.buffer.take_traces(|id| view.owner(id) != Owner::Me);
-        let decisions = self
-            .buffer
-            .foreign_decisions(|position| view.owner_at(position) != Owner::Me);
-        if !decisions.is_empty() {
-            self.send_decisions(&view, decisions).await;
+        if decisions == Decisions::Move {
+            let moved = self
+                .buffer
+                .foreign_decisions(|position| view.owner_at(position) != Owner::Me);
+            if !moved.is_empty() {
+                self.send_decisions(&view, moved).await;
+            }
         }
         if traces.is_empty() {
             return;
@@ -457,7 +466,7 @@ impl Cluster {
             tracing::info!("no other sampler to hand off to; deciding buffered traces locally");
             return;
         }
-        self.hand_off().await;
+        self.hand_off(Decisions::Move).await;
         let mut resolved = self.resolved.clone();
         while resolved
             .borrow_and_update()

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use buffer::{BufferCompression, BufferSettings, TraceBuffer};
-pub use cluster::{Cluster, ClusterSettings, FORWARDED_HEADER};
+pub use cluster::{Cluster, ClusterSettings, Decisions, FORWARDED_HEADER};
 
 use crate::otlp::{BoxFuture, Incoming, Refusal, SpanBatch, TraceConsumer};
 use crate::policy::{PolicyConfig, PolicySet};
@@ -82,7 +82,7 @@ impl Sampler {
     pub async fn settle(&self, deadline: Instant) {
         if let Some(cluster) = &self.cluster {
             // What arrived while leaving; acknowledged requests only, so nothing waits after.
-            let _ = tokio::time::timeout_at(deadline, cluster.hand_off()).await;
+            let _ = tokio::time::timeout_at(deadline, cluster.hand_off(Decisions::Move)).await;
         }
         self.deciders_stop.cancel();
         let deciders =

@@ -195,16 +195,18 @@ impl DecisionCache {
     /// Remembers a decision another sampler took (it moved here with the trace's ownership),
     /// unless this cache already knows the trace. Its ring position is not known here and not
     /// needed again: a decision moves once, to the owner.
-    pub fn adopt(&mut self, moved: MovedDecision) {
+    /// Returns whether the decision was new here.
+    pub fn adopt(&mut self, moved: MovedDecision) -> bool {
         let key = moved.fingerprint;
         if self.sampled.contains(key) || self.not_sampled.contains(key) {
-            return;
+            return false;
         }
         if moved.sampled {
             self.sampled.insert(key, u16::MAX);
         } else {
             self.not_sampled.insert(key, u16::MAX);
         }
+        true
     }
 
     /// The decisions, with their traces' ring positions, of traces whose position `is_foreign`

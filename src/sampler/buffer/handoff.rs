@@ -62,8 +62,9 @@ impl TraceBuffer {
     }
 
     /// Remembers decisions another sampler took, for traces this sampler owns now: their late
-    /// spans follow them here.
-    pub fn adopt_decisions(&self, decisions: &[MovedDecision]) {
+    /// spans follow them here. Returns how many were new here.
+    pub fn adopt_decisions(&self, decisions: &[MovedDecision]) -> usize {
+        let mut adopted = 0;
         let mut by_shard: Vec<Vec<MovedDecision>> = vec![Vec::new(); SHARDS];
         for d in decisions {
             by_shard[shard_of_fingerprint(d.fingerprint)].push(*d);
@@ -74,9 +75,10 @@ impl TraceBuffer {
             }
             let mut state = self.lock(shard);
             for d in decisions {
-                state.cache.adopt(d);
+                adopted += usize::from(state.cache.adopt(d));
             }
         }
+        adopted
     }
 
     /// The remembered decisions, with their ring positions (`crc32(trace ID) % 36000`), of

@@ -32,15 +32,20 @@ pub fn shard_of(id: &TraceId) -> usize {
 
 /// [`shard_of`] for a trace known by its fingerprint.
 pub fn shard_of_fingerprint(fingerprint: u64) -> usize {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
+    static SEED: OnceLock<[u64; 2]> = OnceLock::new();
+    let [a, b] = *SEED.get_or_init(|| {
         // `RandomState` is seeded from the OS once per process.
         use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u64(0x7461_696c_6761_7465);
-        hasher.finish() | 1
+        let word = |salt: u64| {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(salt);
+            h.finish()
+        };
+        [word(1), word(2) | 1]
     });
-    ((fingerprint ^ (fingerprint >> 31)).wrapping_mul(seed) >> 60) as usize % SHARDS
+    // A 128-bit multiply folded to 64 bits mixes every input bit into every output bit.
+    let full = u128::from(fingerprint ^ a) * u128::from(b);
+    (((full >> 64) as u64) ^ (full as u64)) as usize % SHARDS
 }
 
 pub(super) struct TraceEntry {

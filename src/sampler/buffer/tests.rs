@@ -417,3 +417,129 @@ fn a_span_summary_replaces_the_walk_at_decision_time() {
     let walked: Vec<_> = walked.spans.iter().map(|s| s.info).collect();
     assert_eq!(from_summaries, walked);
 }
+
+fn carried(entries: &[(u8, Duration)]) -> Carried {
+    entries.iter().map(|&(t, d)| ([t; 16], d)).collect()
+}
+
+async fn ingest_carried(buffer: &TraceBuffer, spans: &[(u8, u8, i32)], carried: &Carried) {
+    let body = request(spans);
+    let parsed = crate::otlp::parse_export_request(&body).unwrap();
+    buffer
+        .ingest_with(parsed, &body, Some(carried))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_trace_keeps_the_deadline_it_had_at_its_previous_owner() {
+    let (buffer, mut out, _stop) = start(settings(100), always());
+    let t0 = Instant::now();
+    // Trace 1 arrives with 3 s left, trace 2 with more than a whole decision_wait (capped).
+    let moved = carried(&[(1, Duration::from_secs(3)), (2, WAIT * 2)]);
+    ingest_carried(&buffer, &[(1, 1, 0), (2, 1, 0)], &moved).await;
+    let kept = out.recv().await.unwrap();
+    assert_eq!(Instant::now() - t0, Duration::from_secs(3));
+    assert_eq!(span_ids(&kept), vec![(1, 1)]);
+    let kept = out.recv().await.unwrap();
+    assert_eq!(
+        Instant::now() - t0,
+        WAIT,
+        "a carried deadline never exceeds decision_wait"
+    );
+    assert_eq!(span_ids(&kept), vec![(2, 1)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_carried_deadline_earlier_than_the_local_one_wins_for_a_trace_already_here() {
+    let (buffer, mut out, _stop) = start(settings(100), always());
+    let t0 = Instant::now();
+    // The trace's second span reached this sampler first (its full wait starts now)...
+    ingest(&buffer, &[(5, 2, 0)]).await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // ...then its previous owner hands over the first span with 2 s left.
+    ingest_carried(
+        &buffer,
+        &[(5, 1, 0)],
+        &carried(&[(5, Duration::from_secs(2))]),
+    )
+    .await;
+    let kept = out.recv().await.unwrap();
+    assert_eq!(Instant::now() - t0, Duration::from_secs(3));
+    assert_eq!(span_ids(&kept), vec![(5, 1), (5, 2)], "decided whole");
+}
+
+#[tokio::test(start_paused = true)]
+async fn taken_traces_report_the_time_they_still_had_to_wait() {
+    let (buffer, _out, _stop) = start(settings(100), always());
+    ingest(&buffer, &[(1, 1, 0), (1, 2, 0), (2, 1, 0)]).await;
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let mut taken = buffer.take_traces(|id| id[0] == 1);
+    assert_eq!(taken.len(), 1);
+    let trace = taken.pop().unwrap();
+    assert_eq!(trace.id, [1; 16]);
+    assert_eq!(trace.remaining, WAIT - Duration::from_secs(4));
+    assert_eq!(trace.chunks.iter().map(|c| c.spans).sum::<u32>(), 2);
+    assert_eq!(buffer.live_traces(), 1, "trace 2 stays");
+}
+
+#[tokio::test(start_paused = true)]
+async fn adopted_decisions_make_late_spans_follow_them() {
+    use crate::otlp::handoff::MovedDecision;
+    let (buffer, mut out, _stop) = start(settings(100), always());
+    buffer.adopt_decisions(&[
+        MovedDecision {
+            fingerprint: fingerprint(&[7; 16]),
+            sampled: true,
+        },
+        MovedDecision {
+            fingerprint: fingerprint(&[8; 16]),
+            sampled: false,
+        },
+    ]);
+    let outcome = ingest(&buffer, &[(7, 3, 0), (8, 3, 0), (9, 1, 0)]).await;
+    assert_eq!(
+        outcome.forwarded_late, 1,
+        "the kept trace's span goes out at once"
+    );
+    assert_eq!(
+        outcome.dropped_late, 1,
+        "the dropped trace's span is dropped"
+    );
+    assert_eq!(outcome.buffered, 1, "an unknown trace is buffered");
+    let kept = out.recv().await.unwrap();
+    assert_eq!(span_ids(&kept), vec![(7, 3)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn decisions_whose_trace_moved_are_found_by_ring_position() {
+    use crate::routing::ring::position_of;
+    let (buffer, mut out, _stop) = start(settings(100), always());
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0), (3, 1, 0)]).await;
+    tokio::time::advance(WAIT).await;
+    for _ in 0..3 {
+        out.recv().await.unwrap();
+    }
+    // Pretend only trace 2's position moved to another sampler.
+    let moved_position = position_of(&[2; 16]);
+    let foreign = buffer.foreign_decisions(|position| position == moved_position);
+    assert_eq!(foreign.len(), 1, "{foreign:?}");
+    let (position, decision) = foreign[0];
+    assert_eq!(position, moved_position);
+    assert_eq!(decision.fingerprint, fingerprint(&[2; 16]));
+    assert!(decision.sampled);
+}
+
+#[test]
+fn traces_spread_over_the_shards_whatever_their_ids_share() {
+    // Trace IDs that differ only in their first byte (what an unseeded "last bytes" shard
+    // function put all in one shard) still spread over several shards.
+    let shards: std::collections::BTreeSet<usize> = (0..=255u8)
+        .map(|b| {
+            let mut id = [0u8; 16];
+            id[0] = b;
+            shard::shard_of(&id)
+        })
+        .collect();
+    assert!(shards.len() > SHARDS / 2, "{shards:?}");
+}
