@@ -163,6 +163,8 @@ fn hot_paths(c: &mut Criterion) {
         sampled_cache_size: 0,
         non_sampled_cache_size: 0,
         drop_pending_on_shutdown: false,
+        dry_run: false,
+        record_policy: false,
     };
     let mut seed = 0u64;
     for (name, compression) in [

@@ -24,7 +24,7 @@ use crate::config::{Role, Settings};
 use crate::exporter::{Exporter, PassThrough, Pipeline};
 use crate::otlp::TraceConsumer;
 use crate::receiver::{serve_grpc, serve_http};
-use crate::sampler::{Sampler, SamplerSettings};
+use crate::sampler::Sampler;
 use crate::telemetry::{self, Health};
 use shutdown::Shutdown;
 
@@ -108,7 +108,6 @@ fn start_stages(
                 };
                 return Ok((stages, consumer));
             };
-            show_buffer_limits(settings);
             let sampler = Arc::new(Sampler::start(settings, input, background.clone()));
             let consumer: Arc<dyn TraceConsumer> = sampler.clone();
             let stages = Stages::Sampler {
@@ -118,25 +117,6 @@ fn start_stages(
             Ok((stages, consumer))
         }
     }
-}
-
-/// The buffer's configured limits as gauges, so dashboards and alerts can show how full it is
-/// (`otelcol_processor_tail_sampling_sampling_traces_on_memory` against `num_traces`,
-/// `tailgate_buffered_bytes` against `max_buffered_bytes`) and how long traces wait.
-fn show_buffer_limits(settings: &SamplerSettings) {
-    use telemetry::catalog;
-    let buffer = &settings.buffer;
-    catalog::BUFFER_MAX_TRACES
-        .gauge(&[])
-        .set(buffer.num_traces as f64);
-    if buffer.max_buffered_bytes > 0 {
-        catalog::BUFFER_MAX_BYTES
-            .gauge(&[])
-            .set(buffer.max_buffered_bytes as f64);
-    }
-    catalog::DECISION_WAIT
-        .gauge(&[])
-        .set(buffer.decision_wait.as_secs_f64());
 }
 
 /// Binds every receiver's listeners and starts serving them.

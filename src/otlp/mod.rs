@@ -12,11 +12,13 @@
 //!   request per destination);
 //! - [`handoff`]: the sampler-to-sampler extension fields (trace timings, moved decisions);
 //! - [`attributes`]: reading attributes and other fields straight from encoded messages;
+//! - [`annotate`]: adding an attribute to encoded scopes and spans without re-encoding them;
 //! - [`json`]: OTLP/JSON ⇄ protobuf;
 //! - [`codec`]: the pass-through gRPC codec;
 //! - [`consumer`]: the receiver-to-stage contract ([`TraceConsumer`]);
 //! - [`proto`]: generated message types (prost views, `google.rpc.Status`).
 
+pub mod annotate;
 pub mod attributes;
 pub mod codec;
 pub mod consumer;

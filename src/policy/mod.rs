@@ -196,31 +196,36 @@ pub enum FinalDecision {
 struct NamedPolicy {
     name: String,
     policy: Box<dyn Policy>,
-    /// `count_traces_sampled` handles for this policy, one per label set (see
-    /// [`Decision::label_set`]), registered on first use: looking a labelled metric up on every
-    /// decision cost more than the policies themselves.
-    counters: [std::sync::OnceLock<metrics::Counter>; 3],
+    /// `count_traces_sampled` and `count_spans_sampled` handles for this policy, one per label
+    /// set (see [`Decision::label_set`]), and its execution count and time, registered when the
+    /// set is built: looking a labelled metric up on every decision cost more than the policies
+    /// themselves.
+    traces: [metrics::Counter; 3],
+    spans: [metrics::Counter; 3],
+    executions: metrics::Counter,
+    execution_micros: metrics::Counter,
 }
 
 impl NamedPolicy {
     fn new(name: String, policy: Box<dyn Policy>) -> Self {
+        let per_label_set = |metric: &'static catalog::Metric| {
+            [Decision::Sampled, Decision::NotSampled, Decision::Dropped].map(|d| {
+                metric.counter(&[&name, d.sampled_label(), d.decision_label()])
+            })
+        };
         Self {
+            traces: per_label_set(&catalog::POLICY_DECISIONS),
+            spans: per_label_set(&catalog::POLICY_SPAN_DECISIONS),
+            executions: catalog::POLICY_EXECUTIONS.counter(&[&name]),
+            execution_micros: catalog::POLICY_EXECUTION_TIME.counter(&[&name]),
             name,
             policy,
-            counters: Default::default(),
         }
     }
 
-    fn count(&self, decision: Decision) {
-        self.counters[decision.label_set()]
-            .get_or_init(|| {
-                catalog::POLICY_DECISIONS.counter(&[
-                    &self.name,
-                    decision.sampled_label(),
-                    decision.decision_label(),
-                ])
-            })
-            .increment(1);
+    fn count(&self, decision: Decision, spans: usize) {
+        self.traces[decision.label_set()].increment(1);
+        self.spans[decision.label_set()].increment(spans as u64);
     }
 }
 
@@ -262,9 +267,21 @@ impl PolicySet {
 
     /// Runs the policies and combines their answers the Collector's way (see the module docs).
     pub fn decide(&self, trace: &TraceView<'_>) -> FinalDecision {
+        self.judge(trace).decision
+    }
+
+    /// Like [`PolicySet::decide`], and says which policy the decision is attributed to.
+    pub fn judge(&self, trace: &TraceView<'_>) -> Verdict {
         let mut seen = Seen::default();
-        for p in &self.policies {
-            let decision = match p.policy.evaluate(trace) {
+        let mut first_sampled = None;
+        let mut first_invert_sampled = None;
+        for (index, p) in self.policies.iter().enumerate() {
+            let started = std::time::Instant::now();
+            let result = p.policy.evaluate(trace);
+            p.executions.increment(1);
+            p.execution_micros
+                .increment(started.elapsed().as_micros() as u64);
+            let decision = match result {
                 Ok(decision) => decision,
                 Err(error) => {
                     self.evaluation_errors
@@ -274,8 +291,17 @@ impl PolicySet {
                     continue;
                 }
             };
-            p.count(decision);
+            p.count(decision, trace.spans.len());
             seen.record(decision);
+            match decision {
+                Decision::Sampled => {
+                    first_sampled.get_or_insert(index);
+                }
+                Decision::InvertSampled => {
+                    first_invert_sampled.get_or_insert(index);
+                }
+                _ => {}
+            }
             if decision == Decision::Dropped {
                 break;
             }
@@ -283,8 +309,57 @@ impl PolicySet {
                 break;
             }
         }
-        seen.combine()
+        let decision = seen.combine();
+        Verdict {
+            decision,
+            dropped: seen.dropped,
+            // The policy a kept trace is attributed to: the first that sampled it, else the
+            // first inverted match that made the set keep it.
+            policy: match decision {
+                FinalDecision::Sampled => first_sampled.or(first_invert_sampled),
+                FinalDecision::NotSampled => None,
+            },
+        }
     }
+
+    /// A set of already-built policies, in this order (for tests that need a policy of their
+    /// own making).
+    #[cfg(test)]
+    pub fn from_policies(policies: Vec<(&str, Box<dyn Policy>)>) -> Self {
+        Self {
+            policies: policies
+                .into_iter()
+                .map(|(name, p)| NamedPolicy::new(name.into(), p))
+                .collect(),
+            sample_on_first_match: false,
+            evaluation_errors: Default::default(),
+        }
+    }
+
+    /// The name of the policy at `index` in evaluation order (see [`Verdict::policy`]).
+    pub fn policy_name(&self, index: usize) -> &str {
+        &self.policies[index].name
+    }
+
+    /// Policies in the set.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether the set has no policy (never: a set keeps everything at least).
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+}
+
+/// A trace's decision and what it is attributed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: FinalDecision,
+    /// A `drop` policy matched.
+    pub dropped: bool,
+    /// For a kept trace, the index of the policy that kept it ([`PolicySet::policy_name`]).
+    pub policy: Option<usize>,
 }
 
 #[derive(Default)]

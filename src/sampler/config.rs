@@ -54,6 +54,13 @@ pub struct TailSamplingConfig {
     /// tailgate extension: coordinate with the other samplers so traces stay whole while the
     /// sampler set changes (see `sampler::cluster`).
     pub cluster: Option<ClusterConfig>,
+    /// tailgate extension (Refinery's dry run): forward every trace, each span carrying
+    /// `tailsampling.sampled` with the decision that would have been taken.
+    pub dry_run: bool,
+    /// The Collector's `processor.tailsamplingprocessor.recordpolicy` feature gate as a key (it
+    /// is also turned on by that gate in `--feature-gates`): kept traces' scopes carry
+    /// `tailsampling.policy`, the name of the policy that kept them.
+    pub record_policy: bool,
 }
 
 impl Default for TailSamplingConfig {
@@ -72,6 +79,8 @@ impl Default for TailSamplingConfig {
             max_buffered_bytes: 0,
             buffer_compression: BufferCompression::None,
             cluster: None,
+            dry_run: false,
+            record_policy: false,
         }
     }
 }
@@ -151,6 +160,8 @@ impl TailSamplingConfig {
                 sampled_cache_size: self.sampled_cache_size(),
                 non_sampled_cache_size: self.non_sampled_cache_size(),
                 drop_pending_on_shutdown: self.drop_pending_traces_on_shutdown,
+                dry_run: self.dry_run,
+                record_policy: self.record_policy,
             },
             policies: self.policies.clone(),
             sample_on_first_match: self.sample_on_first_match,

@@ -337,10 +337,29 @@ declare! {
     // The sampler's buffer and decisions.
     NEW_TRACES = Counter "otelcol_processor_tail_sampling_new_trace_id_received" [] "{traces}"
         "Traces the buffer started holding.";
-    TRACES_DECIDED = Counter "otelcol_processor_tail_sampling_global_count_traces_sampled" ["sampled"] "{traces}"
+    TRACES_DECIDED = Counter "otelcol_processor_tail_sampling_global_count_traces_sampled" ["sampled", "decision"] "{traces}"
         "Traces decided, by whether they were kept.";
     POLICY_DECISIONS = Counter "otelcol_processor_tail_sampling_count_traces_sampled" ["policy", "sampled", "decision"] "{traces}"
         "Each policy's answer for each trace it evaluated.";
+    POLICY_SPAN_DECISIONS = Counter "otelcol_processor_tail_sampling_count_spans_sampled" ["policy", "sampled", "decision"] "{spans}"
+        "Spans of the traces each policy evaluated, by its answer.";
+    POLICY_EXECUTIONS = Counter "otelcol_processor_tail_sampling_sampling_policy_execution_count" ["policy"] "{executions}"
+        "Times each policy was evaluated.";
+    POLICY_EXECUTION_TIME = Counter "otelcol_processor_tail_sampling_sampling_policy_execution_time_sum" ["policy"] "us"
+        "Time spent evaluating each policy, in microseconds (divide by execution_count for the mean).";
+    DECISION_TIMER_LATENCY = Histogram "otelcol_processor_tail_sampling_sampling_decision_timer_latency" [] "ms"
+        buckets [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
+        "Time one decision round of a shard took: popping the due traces, running the policies, recording the decisions.";
+    TRACE_REMOVAL_AGE = Histogram "otelcol_processor_tail_sampling_sampling_trace_removal_age" [] "s"
+        buckets [1.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]
+        "Age of a trace (from its first span) when it left the buffer, decided.";
+    LATE_SPAN_AGE = Histogram "otelcol_processor_tail_sampling_sampling_late_span_age" [] "s"
+        buckets [0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0]
+        "Time from a trace's decision to the arrival of a late span of it (spans decided by the cache).";
+    EARLY_RELEASES_FROM_CACHE = Counter "otelcol_processor_tail_sampling_early_releases_from_cache_decision" ["sampled"] "{spans}"
+        "Late spans released or dropped at once because the decision cache remembered their trace.";
+    TRACES_DROPPED_TOO_EARLY = Counter "otelcol_processor_tail_sampling_sampling_trace_dropped_too_early" [] "{traces}"
+        "Traces dropped undecided (drop_pending_traces_on_shutdown); at the buffer's limits tailgate decides traces early instead (tailgate_traces_decided_early).";
     POLICY_ERRORS = Counter "otelcol_processor_tail_sampling_sampling_policy_evaluation_error" [] "{errors}"
         "Policy evaluations that failed; the policy was skipped for that trace.";
     TRACES_ON_MEMORY = Gauge "otelcol_processor_tail_sampling_sampling_traces_on_memory" [] "{traces}"

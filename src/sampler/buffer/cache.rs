@@ -3,15 +3,18 @@
 //!
 //! Each entry is a 64-bit fingerprint of the trace ID (its two halves mixed: trace IDs are random,
 //! so collisions are negligible; the same function on every sampler, so a decision can move to
-//! another sampler by fingerprint), held in a hash set plus an insertion-order ring for FIFO
-//! eviction that also keeps the trace's ring position: about 26 bytes plus hash-table overhead per
+//! another sampler by fingerprint), held in a hash map (with when it was decided, for `sampling_late_span_age`) plus an insertion-order ring for FIFO
+//! eviction that also keeps the trace's ring position: about 30 bytes plus hash-table overhead per
 //! decided trace, where the Collector keeps decided traces' decoded spans until `num_traces`
 //! pushes them out.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::otlp::handoff::MovedDecision;
 use crate::otlp::TraceId;
@@ -97,34 +100,51 @@ impl BuildHasher for IdBuildHasher {
     }
 }
 
-/// A bounded set of trace fingerprints with FIFO eviction.
+/// A bounded set of trace fingerprints with FIFO eviction, each with when it was added.
 #[derive(Debug)]
 pub struct FifoSet {
-    members: HashSet<u64, IdBuildHasher>,
+    /// Fingerprint → when it was added, in milliseconds since the set's epoch (wrapping: the
+    /// age of a decision older than 49 days is not asked for).
+    members: HashMap<u64, u32, IdBuildHasher>,
     /// Insertion order, with each trace's ring position (`crc32(trace ID) % 36000`), so that when
     /// the sampler set changes the decisions whose owner moved can be found without the IDs.
     order: VecDeque<(u64, u16)>,
     capacity: usize,
+    epoch: Instant,
 }
 
 impl FifoSet {
     pub fn new(capacity: usize) -> Self {
         Self {
-            members: HashSet::default(),
+            members: HashMap::default(),
             order: VecDeque::new(),
             capacity,
+            epoch: Instant::now(),
         }
     }
 
+    fn millis(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
     pub fn contains(&self, key: u64) -> bool {
-        self.members.contains(&key)
+        self.members.contains_key(&key)
+    }
+
+    /// How long ago `key` was added, if it is a member.
+    pub fn age(&self, key: u64, now: Instant) -> Option<Duration> {
+        let added = *self.members.get(&key)?;
+        Some(Duration::from_millis(u64::from(
+            self.millis(now).wrapping_sub(added),
+        )))
     }
 
     /// Adds `key` (at ring `position`) unless present; the oldest key goes when full.
     pub fn insert(&mut self, key: u64, position: u16) {
-        if self.capacity == 0 || !self.members.insert(key) {
+        if self.capacity == 0 || self.members.contains_key(&key) {
             return;
         }
+        self.members.insert(key, self.millis(Instant::now()));
         self.order.push_back((key, position));
         if self.order.len() > self.capacity {
             if let Some((old, _)) = self.order.pop_front() {
@@ -166,6 +186,7 @@ impl DecisionCache {
         }
     }
 
+    #[cfg(test)]
     pub fn get(&self, id: &TraceId) -> Option<Remembered> {
         let key = fingerprint(id);
         if self.sampled.contains(key) {
@@ -174,6 +195,18 @@ impl DecisionCache {
             Some(Remembered::NotSampled)
         } else {
             None
+        }
+    }
+
+    /// The remembered decision for a trace and how long ago it was taken (or adopted here).
+    pub fn get_with_age(&self, id: &TraceId, now: Instant) -> Option<(Remembered, Duration)> {
+        let key = fingerprint(id);
+        if let Some(age) = self.sampled.age(key, now) {
+            Some((Remembered::Sampled, age))
+        } else {
+            self.not_sampled
+                .age(key, now)
+                .map(|age| (Remembered::NotSampled, age))
         }
     }
 

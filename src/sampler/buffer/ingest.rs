@@ -16,7 +16,8 @@ use super::counts::Added;
 use super::handoff::Carried;
 use super::shard::{shard_of, ShardState, TraceEntry};
 use super::store::{BlockBuilder, Stored};
-use super::{IngestOutcome, Overflow, TraceBuffer, TRACE_OVERHEAD};
+use super::{BufferSettings, IngestOutcome, Overflow, TraceBuffer, TRACE_OVERHEAD};
+use super::decide::mark_dry_run;
 use crate::otlp::group::for_each_trace_run;
 use crate::otlp::{Chunk, Origin, ParsedRequest, SpanBatch, SpanRef, SpanSummary, TraceId};
 
@@ -36,6 +37,7 @@ pub(super) struct Incoming {
 struct Arrival<'a> {
     now: Instant,
     carried: Option<&'a Carried>,
+    settings: &'a BufferSettings,
 }
 
 /// What adding one shard's traces produced, besides the outcome counts.
@@ -96,6 +98,7 @@ impl TraceBuffer {
         let (incoming, stored) = self.store_by_trace(&request.spans, &origins, body);
         let mut stored = stored.into_iter();
         let now = Instant::now();
+        let settings = self.settings();
         let mut kept = Vec::new();
         let mut new_traces = 0usize;
         // `incoming` is ordered by shard: take one shard's run of traces at a time.
@@ -111,7 +114,11 @@ impl TraceBuffer {
                 shard,
                 &incoming[start..end],
                 &mut stored,
-                Arrival { now, carried },
+                Arrival {
+                    now,
+                    carried,
+                    settings: &settings,
+                },
                 &mut kept,
                 &mut outcome,
             );
@@ -153,40 +160,69 @@ impl TraceBuffer {
             traces,
             queues,
             cache,
+            deciding,
         } = &mut *guard;
         let now = arrival.now;
+        // Skips the lookup in the (nearly always empty) map of traces being decided.
+        let deciding_empty = deciding.is_empty();
         for group in groups {
             let chunks = stored.by_ref().take(group.chunks);
             let id = group.id;
             let entry = match traces.entry(id) {
                 Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(vacant) => match cache.get(&id) {
-                    Some(Remembered::Sampled) => {
-                        outcome.forwarded_late += group.spans as usize;
-                        kept.extend(chunks.map(|c| c.into_chunk(&self.codec, None)));
+                Entry::Vacant(vacant) => {
+                    let pending = if deciding_empty {
+                        None
+                    } else {
+                        deciding.get_mut(&id)
+                    };
+                    if let Some(pending) = pending {
+                        // Its policies are running now: these spans follow their decision.
+                        pending.chunks.extend(chunks);
+                        pending.spans += group.spans;
+                        outcome.buffered += group.spans as usize;
                         continue;
                     }
-                    Some(Remembered::NotSampled) => {
-                        outcome.dropped_late += group.spans as usize;
-                        chunks.for_each(drop);
+                    match cache.get_with_age(&id, now) {
+                    Some((remembered, age)) => {
+                        self.metrics.late_span_age.record(age.as_secs_f64());
+                        let sampled = remembered == Remembered::Sampled;
+                        if sampled {
+                            outcome.forwarded_late += group.spans as usize;
+                        } else {
+                            outcome.dropped_late += group.spans as usize;
+                        }
+                        if sampled || arrival.settings.dry_run {
+                            kept.extend(chunks.map(|c| {
+                                let chunk = c.into_chunk(&self.codec, None);
+                                if arrival.settings.dry_run {
+                                    mark_dry_run(chunk, sampled)
+                                } else {
+                                    chunk
+                                }
+                            }));
+                        } else {
+                            chunks.for_each(drop);
+                        }
                         continue;
                     }
                     None => {
-                        let deadline = now + self.settings.decision_wait;
-                        result.wake |= queues.arrivals.is_empty();
-                        queues.arrivals.push_back((deadline, id));
+                        let deadline = now + arrival.settings.decision_wait;
+                        result.wake |= queues.push_arrival(deadline, id);
                         result.new_traces += 1;
                         result.added.traces += 1;
                         result.added.bytes += TRACE_OVERHEAD;
                         vacant.insert(TraceEntry {
                             deadline,
+                            first_seen: now,
                             chunks: Vec::new(),
                             spans: 0,
                             bytes: 0,
                             memory: TRACE_OVERHEAD,
                         })
                     }
-                },
+                    }
+                }
             };
             entry.chunks.extend(chunks);
             entry.spans += group.spans;
@@ -195,24 +231,23 @@ impl TraceBuffer {
             result.added.spans += group.spans as usize;
             result.added.bytes += group.memory;
             outcome.buffered += group.spans as usize;
-            if group.has_root && !self.settings.wait_after_root.is_zero() {
-                let root_deadline = now + self.settings.wait_after_root;
+            if group.has_root && !arrival.settings.wait_after_root.is_zero() {
+                let root_deadline = now + arrival.settings.wait_after_root;
                 if root_deadline < entry.deadline {
                     entry.deadline = root_deadline;
-                    result.wake |= queues.roots.is_empty();
-                    queues.roots.push_back((root_deadline, id));
+                    result.wake |= queues.push_root(root_deadline, id);
                 }
             }
             if let Some(remaining) = arrival.carried.and_then(|c| c.get(&id)) {
                 // Moving a trace does not restart its wait.
-                let carried_deadline = now + (*remaining).min(self.settings.decision_wait);
+                let carried_deadline = now + (*remaining).min(arrival.settings.decision_wait);
                 if carried_deadline < entry.deadline {
                     entry.deadline = carried_deadline;
                     queues.moved.push(Reverse((carried_deadline, id)));
                     result.wake = true;
                 }
             }
-            if self.settings.max_trace_bytes > 0 && entry.bytes > self.settings.max_trace_bytes {
+            if arrival.settings.max_trace_bytes > 0 && entry.bytes > arrival.settings.max_trace_bytes {
                 let entry = traces.remove(&id).expect("present");
                 self.counts.remove_trace(entry.spans, entry.memory);
                 cache.remember_buffered(&id, Remembered::NotSampled);

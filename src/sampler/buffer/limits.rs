@@ -13,17 +13,17 @@ use crate::otlp::Chunk;
 impl TraceBuffer {
     /// With `block_on_overflow`, refuses a request while the buffer is at a limit.
     pub fn refuse_if_full(&self) -> Result<(), Overflow> {
-        if !self.settings.block_on_overflow {
+        if !self.settings().block_on_overflow {
             return Ok(());
         }
-        let full_bytes = self.settings.max_buffered_bytes > 0
-            && self.buffered_bytes() >= self.settings.max_buffered_bytes;
-        if full_bytes || self.live_traces() >= self.settings.num_traces {
+        let full_bytes = self.settings().max_buffered_bytes > 0
+            && self.buffered_bytes() >= self.settings().max_buffered_bytes;
+        if full_bytes || self.live_traces() >= self.settings().num_traces {
             self.metrics.refusals.increment(1);
             if self.overflow_log.ready() {
                 tracing::warn!(
-                    num_traces = self.settings.num_traces,
-                    max_buffered_bytes = self.settings.max_buffered_bytes,
+                    num_traces = self.settings().num_traces,
+                    max_buffered_bytes = self.settings().max_buffered_bytes,
                     "buffer full with block_on_overflow: refusing requests with a retryable status"
                 );
             }
@@ -33,16 +33,17 @@ impl TraceBuffer {
     }
 
     pub(super) fn over_traces(&self) -> bool {
-        self.live_traces() > self.settings.num_traces
+        self.live_traces() > self.settings().num_traces
     }
 
     /// Over `max_buffered_bytes`, and so due to decide traces early. Not with
     /// `block_on_overflow`: there, a request accepted just under the limit may take the buffer
     /// past it by its own size, and the requests after it are refused until decisions make room.
     pub(super) fn over_bytes(&self) -> bool {
-        !self.settings.block_on_overflow
-            && self.settings.max_buffered_bytes > 0
-            && self.buffered_bytes() > self.settings.max_buffered_bytes
+        let settings = self.settings();
+        !settings.block_on_overflow
+            && settings.max_buffered_bytes > 0
+            && self.buffered_bytes() > settings.max_buffered_bytes
     }
 
     /// Decides the oldest traces now until the buffer is back within `num_traces` and
@@ -63,32 +64,35 @@ impl TraceBuffer {
                 return;
             };
             let next_front = fronts.get(1).map(|&(deadline, _)| deadline);
-            let mut state = self.lock(shard);
-            let mut decided = 0;
-            loop {
-                let for_traces = self.over_traces();
-                if !for_traces && !self.over_bytes() {
-                    break;
+            let now = Instant::now();
+            let mut due = Vec::new();
+            {
+                let mut state = self.lock(shard);
+                loop {
+                    let for_traces = self.over_traces();
+                    if !for_traces && !self.over_bytes() {
+                        break;
+                    }
+                    let Some(front) = state.front_deadline() else {
+                        break;
+                    };
+                    if !due.is_empty() && next_front.is_some_and(|next| front > next) {
+                        break;
+                    }
+                    let Some((id, entry)) = state.pop_due(front) else {
+                        break;
+                    };
+                    due.push(self.take_for_decision(&mut state, id, entry, now));
+                    if for_traces {
+                        outcome.decided_early += 1;
+                    } else {
+                        outcome.decided_early_for_bytes += 1;
+                    }
                 }
-                let Some(front) = state.front_deadline() else {
-                    break;
-                };
-                if decided > 0 && next_front.is_some_and(|next| front > next) {
-                    break;
-                }
-                let Some((id, entry)) = state.pop_due(front) else {
-                    break;
-                };
-                if let Some(chunks) = self.decide(&mut state, id, entry) {
-                    kept.extend(chunks);
-                }
-                if for_traces {
-                    outcome.decided_early += 1;
-                } else {
-                    outcome.decided_early_for_bytes += 1;
-                }
-                decided += 1;
             }
+            let decided = due.len();
+            // The policies run with no lock held.
+            kept.extend(self.settle(shard, due));
             if decided == 0 {
                 return;
             }

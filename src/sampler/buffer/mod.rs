@@ -47,7 +47,7 @@ mod limits;
 pub mod shard;
 pub mod store;
 
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -93,6 +93,12 @@ pub struct BufferSettings {
     pub sampled_cache_size: usize,
     pub non_sampled_cache_size: usize,
     pub drop_pending_on_shutdown: bool,
+    /// `dry_run` (a tailgate extension, as Refinery offers): every trace is forwarded, each span
+    /// carrying `tailsampling.sampled` with the decision that would have been taken.
+    pub dry_run: bool,
+    /// `record_policy` (the Collector's `processor.tailsamplingprocessor.recordpolicy` feature
+    /// gate): a kept trace's scopes carry `tailsampling.policy`, the policy that kept it.
+    pub record_policy: bool,
 }
 
 /// What happened to the spans of one request.
@@ -121,8 +127,9 @@ pub struct Overflow;
 pub struct TraceBuffer {
     metrics: BufferMetrics,
     shards: Box<[Shard]>,
-    settings: BufferSettings,
-    policies: PolicySet,
+    /// Swapped whole by [`TraceBuffer::reload`]; read once per request or decision round.
+    settings: RwLock<Arc<BufferSettings>>,
+    policies: RwLock<Arc<PolicySet>>,
     codec: Codec,
     counts: LiveCounts,
     out: mpsc::Sender<SpanBatch>,
@@ -149,12 +156,13 @@ impl TraceBuffer {
             })
             .collect();
         let log = || LogEvery::new(Duration::from_secs(10));
+        show_limits(&settings);
         Arc::new(Self {
             metrics: BufferMetrics::register(),
             shards,
             codec: Codec::new(settings.compression == BufferCompression::Zstd),
-            settings,
-            policies,
+            settings: RwLock::new(Arc::new(settings)),
+            policies: RwLock::new(Arc::new(policies)),
             counts: LiveCounts::default(),
             out,
             early_log: log(),
@@ -163,6 +171,31 @@ impl TraceBuffer {
             overflow_log: log(),
             closed_log: log(),
         })
+    }
+
+    /// The settings in force.
+    pub(super) fn settings(&self) -> Arc<BufferSettings> {
+        Arc::clone(&self.settings.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The policies in force.
+    pub(super) fn policies(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.policies.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Applies a reloaded configuration from now on: new traces wait the new `decision_wait`,
+    /// the limits and flags apply to the next request, and every trace still buffered is
+    /// decided by the new policies when it is due. Buffered traces keep their deadlines. The
+    /// cache sizes and `buffer_compression` are fixed when the buffer is built and are not
+    /// changed here (the caller refuses a reload that changes them).
+    pub fn reload(&self, settings: BufferSettings, policies: PolicySet) {
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policies);
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        show_limits(&self.settings());
+        for shard in self.shards.iter() {
+            // A shorter wait may make a shard's front due sooner than its decider sleeps.
+            shard.wake.notify_one();
+        }
     }
 
     fn lock(&self, shard: usize) -> MutexGuard<'_, ShardState> {
@@ -199,21 +232,21 @@ impl TraceBuffer {
             if self.too_large_log.ready() {
                 tracing::warn!(
                     traces = outcome.too_large,
-                    limit = self.settings.max_trace_bytes,
+                    limit = self.settings().max_trace_bytes,
                     "traces exceeded maximum_trace_size_bytes: decided not sampled (counted in tailgate_traces_too_large_total)"
                 );
             }
         }
         if outcome.forwarded_late > 0 {
-            self.metrics
-                .late_sampled
-                .increment(outcome.forwarded_late as u64);
+            let spans = outcome.forwarded_late as u64;
+            self.metrics.late_sampled.increment(spans);
+            self.metrics.early_release_sampled.increment(spans);
         }
         if outcome.dropped_late > 0 {
-            self.metrics
-                .late_not_sampled
-                .increment(outcome.dropped_late as u64);
-            if self.late_drop_log.ready() {
+            let spans = outcome.dropped_late as u64;
+            self.metrics.late_not_sampled.increment(spans);
+            self.metrics.early_release_not_sampled.increment(spans);
+            if !self.settings().dry_run && self.late_drop_log.ready() {
                 tracing::info!(
                     spans = outcome.dropped_late,
                     "dropped late spans of traces already decided not sampled (counted in tailgate_late_spans_total)"
@@ -234,8 +267,8 @@ impl TraceBuffer {
             && self.early_log.ready()
         {
             tracing::warn!(
-                num_traces = self.settings.num_traces,
-                max_buffered_bytes = self.settings.max_buffered_bytes,
+                num_traces = self.settings().num_traces,
+                max_buffered_bytes = self.settings().max_buffered_bytes,
                 traces_at_num_traces = outcome.decided_early,
                 traces_at_max_buffered_bytes = outcome.decided_early_for_bytes,
                 "buffer full: deciding the oldest traces before decision_wait (counted in tailgate_traces_decided_early_total)"
@@ -271,3 +304,22 @@ impl TraceBuffer {
 
 #[cfg(test)]
 mod tests;
+
+/// The buffer's configured limits as gauges, so dashboards and alerts can show how full it is
+/// (`otelcol_processor_tail_sampling_sampling_traces_on_memory` against `num_traces`,
+/// `tailgate_buffered_bytes` against `max_buffered_bytes`) and how long traces wait.
+fn show_limits(settings: &BufferSettings) {
+    use crate::telemetry::catalog;
+    catalog::BUFFER_MAX_TRACES
+        .gauge(&[])
+        .set(settings.num_traces as f64);
+    if settings.max_buffered_bytes > 0 {
+        // Absent when unset: alerts divide by it.
+        catalog::BUFFER_MAX_BYTES
+            .gauge(&[])
+            .set(settings.max_buffered_bytes as f64);
+    }
+    catalog::DECISION_WAIT
+        .gauge(&[])
+        .set(settings.decision_wait.as_secs_f64());
+}

@@ -50,6 +50,8 @@ pub fn shard_of_fingerprint(fingerprint: u64) -> usize {
 
 pub(super) struct TraceEntry {
     pub(super) deadline: Instant,
+    /// When its first span arrived here (for `sampling_trace_removal_age`).
+    pub(super) first_seen: Instant,
     pub(super) chunks: Vec<Stored>,
     pub(super) spans: u32,
     /// Encoded span bytes as received (what `maximum_trace_size_bytes` limits).
@@ -80,6 +82,36 @@ enum Which {
 }
 
 impl Queues {
+    /// Queues a new trace's deadline; returns whether the decider must recompute its next
+    /// wake-up. The FIFO stays in deadline order: after a reload shortened `decision_wait`, a
+    /// deadline earlier than the FIFO's last goes in the heap instead.
+    pub(super) fn push_arrival(&mut self, deadline: Instant, id: TraceId) -> bool {
+        Self::push_ordered(&mut self.arrivals, &mut self.moved, deadline, id)
+    }
+
+    /// [`Queues::push_arrival`] for a deadline brought forward by a root span.
+    pub(super) fn push_root(&mut self, deadline: Instant, id: TraceId) -> bool {
+        Self::push_ordered(&mut self.roots, &mut self.moved, deadline, id)
+    }
+
+    fn push_ordered(
+        fifo: &mut VecDeque<(Instant, TraceId)>,
+        heap: &mut BinaryHeap<Reverse<(Instant, TraceId)>>,
+        deadline: Instant,
+        id: TraceId,
+    ) -> bool {
+        match fifo.back().map(|&(last, _)| last) {
+            Some(last) if last > deadline => {
+                heap.push(Reverse((deadline, id)));
+                true
+            }
+            last => {
+                fifo.push_back((deadline, id));
+                last.is_none()
+            }
+        }
+    }
+
     fn front(&self, which: Which) -> Option<(Instant, TraceId)> {
         match which {
             Which::Arrivals => self.arrivals.front().copied(),
@@ -125,6 +157,16 @@ pub(super) struct ShardState {
     pub(super) traces: HashMap<TraceId, TraceEntry, IdBuildHasher>,
     pub(super) queues: Queues,
     pub(super) cache: cache::DecisionCache,
+    /// Traces taken out to be decided while the policies run outside the lock, with the spans
+    /// that arrived for them meanwhile: those follow the decision when it is recorded.
+    pub(super) deciding: HashMap<TraceId, Pending, IdBuildHasher>,
+}
+
+/// Spans that arrived for a trace while it was being decided.
+#[derive(Default)]
+pub(super) struct Pending {
+    pub(super) chunks: Vec<Stored>,
+    pub(super) spans: u32,
 }
 
 impl ShardState {
@@ -168,6 +210,7 @@ impl Shard {
                 traces: HashMap::default(),
                 queues: Queues::default(),
                 cache: cache::DecisionCache::new(sampled_cache, not_sampled_cache),
+                deciding: HashMap::default(),
             }),
             wake: Notify::new(),
         }

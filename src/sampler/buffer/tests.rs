@@ -36,6 +36,8 @@ fn settings(num_traces: usize) -> BufferSettings {
         sampled_cache_size: 100,
         non_sampled_cache_size: 100,
         drop_pending_on_shutdown: false,
+        dry_run: false,
+        record_policy: false,
     }
 }
 
@@ -517,8 +519,11 @@ async fn decisions_whose_trace_moved_are_found_by_ring_position() {
     let (buffer, mut out, _stop) = start(settings(100), always());
     ingest(&buffer, &[(1, 1, 0), (2, 1, 0), (3, 1, 0)]).await;
     tokio::time::advance(WAIT).await;
-    for _ in 0..3 {
-        out.recv().await.unwrap();
+    // One batch per shard's decision round: count spans, not batches (the shard a trace lands
+    // in is seeded per process).
+    let mut decided = 0;
+    while decided < 3 {
+        decided += out.recv().await.unwrap().span_count();
     }
     // Pretend only trace 2's position moved to another sampler.
     let moved_position = position_of(&[2; 16]);
@@ -542,4 +547,193 @@ fn traces_spread_over_the_shards_whatever_their_ids_share() {
         })
         .collect();
     assert!(shards.len() > SHARDS / 2, "{shards:?}");
+}
+
+/// A policy that reports when it starts judging a trace and then waits to be released, so a
+/// test can act while a decision is being taken.
+struct Gate {
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    keep: bool,
+}
+
+impl crate::policy::Policy for Gate {
+    fn evaluate(
+        &self,
+        _: &TraceView<'_>,
+    ) -> Result<crate::policy::Decision, crate::policy::PolicyError> {
+        self.entered.lock().unwrap().send(()).unwrap();
+        self.release.lock().unwrap().recv().unwrap();
+        Ok(if self.keep {
+            crate::policy::Decision::Sampled
+        } else {
+            crate::policy::Decision::NotSampled
+        })
+    }
+}
+
+/// Starts `drain` with a [`Gate`] policy on a trace, ingests more spans of that trace and a new
+/// trace while the gate holds the decision, then releases it. Returns what was exported and the
+/// two ingest outcomes.
+async fn ingest_while_judging(keep: bool) -> (Vec<(u8, u8)>, IngestOutcome, IngestOutcome) {
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let gate = Gate {
+        entered: std::sync::Mutex::new(entered_tx),
+        release: std::sync::Mutex::new(release_rx),
+        keep,
+    };
+    let set = PolicySet::from_policies(vec![("gate", Box::new(gate))]);
+    let (tx, mut out) = mpsc::channel(64);
+    let buffer = TraceBuffer::new(settings(100), set, tx);
+    ingest(&buffer, &[(1, 1, 0)]).await;
+    let draining = tokio::spawn({
+        let buffer = Arc::clone(&buffer);
+        async move { buffer.drain().await }
+    });
+    tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the policy was asked to judge trace 1");
+    // The policy is running: the shard must still take spans, of this trace and of others.
+    let joined = tokio::time::timeout(Duration::from_secs(30), ingest(&buffer, &[(1, 2, 0)]))
+        .await
+        .expect("ingest was not blocked by the decision in progress");
+    assert_eq!(buffer.live_traces(), 0, "the joining span started no new trace");
+    // Trace 1's second decision (none: it is not judged twice) would block here forever.
+    release.send(()).unwrap();
+    draining.await.unwrap();
+    let mut kept = Vec::new();
+    while let Ok(batch) = out.try_recv() {
+        kept.extend(span_ids(&batch));
+    }
+    kept.sort();
+    let late = ingest(&buffer, &[(1, 3, 0)]).await;
+    (kept, joined, late)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_arriving_while_their_trace_is_judged_go_out_with_the_kept_trace() {
+    let (kept, joined, late) = ingest_while_judging(true).await;
+    assert_eq!(joined.buffered, 1);
+    assert_eq!(kept, vec![(1, 1), (1, 2)], "the joined span left with its trace");
+    assert_eq!(late.forwarded_late, 1, "afterwards, the cache has the decision");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_arriving_while_their_trace_is_judged_are_dropped_with_a_dropped_trace() {
+    let (kept, joined, late) = ingest_while_judging(false).await;
+    assert_eq!(joined.buffered, 1);
+    assert_eq!(kept, Vec::<(u8, u8)>::new());
+    assert_eq!(late.dropped_late, 1);
+}
+
+/// Every span of a batch with its `tailsampling.sampled` value, and every scope's
+/// `tailsampling.policy` value.
+fn annotations(batch: &SpanBatch) -> (Vec<(u8, u8, Option<bool>)>, Vec<Option<String>>) {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    let mut spans = Vec::new();
+    let mut scopes = Vec::new();
+    for chunk in &batch.chunks {
+        let scope = chunk
+            .origin
+            .scope
+            .as_deref()
+            .map(|s| InstrumentationScope::decode(s).unwrap())
+            .unwrap_or_default();
+        scopes.push(
+            scope
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "tailsampling.policy")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                }),
+        );
+        for bytes in chunk.spans() {
+            let span = Span::decode(bytes).unwrap();
+            let sampled = span
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "tailsampling.sampled")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    Value::BoolValue(b) => Some(*b),
+                    _ => None,
+                });
+            spans.push((span.trace_id[0], span.span_id[0], sampled));
+        }
+    }
+    spans.sort();
+    (spans, scopes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_forwards_every_trace_marked_with_the_decision_it_would_take() {
+    let errors =
+        policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
+    let mut s = settings(100);
+    s.dry_run = true;
+    let (buffer, mut out, _stop) = start(s, errors);
+    ingest(&buffer, &[(1, 1, 2), (2, 1, 0), (2, 2, 0)]).await;
+    let mut spans = Vec::new();
+    while spans.len() < 3 {
+        spans.extend(annotations(&out.recv().await.unwrap()).0);
+    }
+    spans.sort();
+    assert_eq!(
+        spans,
+        vec![
+            (1, 1, Some(true)),
+            (2, 1, Some(false)),
+            (2, 2, Some(false))
+        ]
+    );
+    // A late span of the trace that would have been dropped is forwarded too, marked false.
+    let late = ingest(&buffer, &[(2, 3, 0)]).await;
+    assert_eq!(late.dropped_late, 1, "counted as following a not-sampled decision");
+    let (spans, _) = annotations(&out.try_recv().unwrap());
+    assert_eq!(spans, vec![(2, 3, Some(false))]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn record_policy_names_the_policy_that_kept_the_trace_on_its_scopes() {
+    let set = policies(
+        "[{name: slow, type: latency, latency: {threshold_ms: 5000}},
+          {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]",
+    );
+    let mut s = settings(100);
+    s.record_policy = true;
+    let (buffer, mut out, _stop) = start(s, set);
+    ingest(&buffer, &[(1, 1, 2), (1, 2, 0), (2, 1, 0)]).await;
+    let (spans, scopes) = annotations(&out.recv().await.unwrap());
+    assert_eq!(spans, vec![(1, 1, None), (1, 2, None)], "span bytes untouched");
+    assert!(!scopes.is_empty());
+    assert!(
+        scopes.iter().all(|p| p.as_deref() == Some("errors")),
+        "{scopes:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_applies_new_policies_to_traces_already_buffered() {
+    let errors =
+        policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
+    let (buffer, mut out, _stop) = start(settings(100), errors);
+    let start_at = Instant::now();
+    ingest(&buffer, &[(1, 1, 0)]).await;
+    let mut shorter = settings(100);
+    shorter.decision_wait = Duration::from_secs(2);
+    buffer.reload(shorter, always());
+    // A trace that arrives after the reload waits the new decision_wait, even though an older
+    // trace with a later deadline is queued before it.
+    ingest(&buffer, &[(2, 1, 0)]).await;
+    assert_eq!(span_ids(&out.recv().await.unwrap()), vec![(2, 1)]);
+    assert_eq!(Instant::now() - start_at, Duration::from_secs(2));
+    // Trace 1 keeps its deadline (the old 10 s) and is judged by the new policy: kept, though
+    // the old policy would have dropped it.
+    assert_eq!(span_ids(&out.recv().await.unwrap()), vec![(1, 1)]);
+    assert_eq!(Instant::now() - start_at, WAIT);
 }
