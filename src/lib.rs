@@ -9,7 +9,8 @@
 //!    batcher), [`routing`] (resolver, ring, per-owner routing);
 //! 3. the stages: [`receiver`], [`sampler`] (buffer, decisions, cluster), [`balancer`];
 //! 4. [`config`]: the YAML file validated into typed settings;
-//! 5. [`app`]: wiring the stages by role, and the shutdown sequence.
+//! 5. [`app`]: wiring the stages by role, the shutdown sequence and live reload; [`replay`]:
+//!    the configured policies over recorded traces (`tailgate replay`).
 //!
 //! `main.rs` holds flags, signals and exit codes.
 
@@ -20,6 +21,7 @@ pub mod exporter;
 pub mod otlp;
 pub mod policy;
 pub mod receiver;
+pub mod replay;
 pub mod routing;
 pub mod sampler;
 pub mod telemetry;

@@ -76,42 +76,121 @@ fn allocator_heap_bytes() -> Option<u64> {
 }
 
 const USAGE: &str = "\
-usage: tailgate --config <file.yaml>             run the gateway
+usage: tailgate --config <file.yaml> [--watch-config] [--feature-gates <gates>]
+                                                  run the gateway (SIGHUP reloads the config;
+                                                  --watch-config also reloads when it changes)
        tailgate validate --config <file.yaml>    check a config and exit
+       tailgate replay --config <file.yaml> <traces> [--output json]
+                                                  run the configured policies over recorded traces
        tailgate --version";
 
+/// The Collector's feature gate that records the deciding policy on kept traces.
+const RECORD_POLICY_GATE: &str = "processor.tailsamplingprocessor.recordpolicy";
+
 enum Command {
-    Run(PathBuf),
-    Validate(PathBuf),
+    Run(Options),
+    Validate(Options),
+    Replay(Options, PathBuf, bool),
     Version,
 }
 
+struct Options {
+    config: PathBuf,
+    watch: bool,
+    /// `--feature-gates`: the Collector's gates; the record-policy one turns `record_policy` on.
+    record_policy: bool,
+}
+
+impl Options {
+    /// Loads and validates the config, with the feature gates applied.
+    fn load(&self) -> Result<Settings, String> {
+        let mut config =
+            Config::load(&self.config).map_err(|e| format!("{}: {e}", self.config.display()))?;
+        if self.record_policy {
+            if let tailgate::config::Role::Sampler {
+                sampler: Some(sampler),
+                ..
+            } = &mut config.settings.role
+            {
+                sampler.buffer.record_policy = true;
+            }
+        }
+        Ok(config.settings)
+    }
+}
+
+/// Reads `--feature-gates` as the Collector does: comma-separated ids, `+id` or `id` to enable,
+/// `-id` to disable. Unknown gates are refused, as the Collector refuses them.
+fn record_policy_gate(gates: &str) -> Result<bool, String> {
+    let mut on = false;
+    for gate in gates.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let (enable, id) = match gate.strip_prefix('-') {
+            Some(id) => (false, id),
+            None => (true, gate.strip_prefix('+').unwrap_or(gate)),
+        };
+        if id != RECORD_POLICY_GATE {
+            return Err(format!(
+                "unknown feature gate `{id}` (tailgate knows `{RECORD_POLICY_GATE}`)"
+            ));
+        }
+        on = enable;
+    }
+    Ok(on)
+}
+
 fn parse_args(args: &[String]) -> Result<Command, String> {
-    let mut validate = false;
+    let mut sub = None;
     let mut config = None;
+    let mut watch = false;
+    let mut record_policy = false;
+    let mut json = false;
+    let mut traces = None;
     let mut i = 0;
+    let value = |i: &mut usize, flag: &str| -> Result<String, String> {
+        *i += 1;
+        args.get(*i).cloned().ok_or(format!("{flag} needs a value"))
+    };
     while i < args.len() {
         let arg = args[i].as_str();
         match arg {
-            "validate" if i == 0 => validate = true,
+            "validate" | "replay" if i == 0 => sub = Some(arg),
             "--version" | "-v" => return Ok(Command::Version),
             "--help" | "-h" => return Err(String::new()),
-            "--config" | "-c" => {
-                i += 1;
-                config = Some(args.get(i).ok_or("--config needs a file")?.clone());
-            }
+            "--config" | "-c" => config = Some(value(&mut i, "--config")?),
             _ if arg.starts_with("--config=") => {
                 config = Some(arg["--config=".len()..].to_string())
+            }
+            "--watch-config" => watch = true,
+            "--feature-gates" => record_policy = record_policy_gate(&value(&mut i, arg)?)?,
+            _ if arg.starts_with("--feature-gates=") => {
+                record_policy = record_policy_gate(&arg["--feature-gates=".len()..])?
+            }
+            "--output" => match value(&mut i, arg)?.as_str() {
+                "json" => json = true,
+                "text" => json = false,
+                other => return Err(format!("--output is `json` or `text`, not `{other}`")),
+            },
+            "--output=json" => json = true,
+            _ if sub == Some("replay") && !arg.starts_with('-') && traces.is_none() => {
+                traces = Some(PathBuf::from(arg))
             }
             _ => return Err(format!("unknown argument `{arg}`")),
         }
         i += 1;
     }
-    let config = PathBuf::from(config.ok_or("--config is required")?);
-    Ok(if validate {
-        Command::Validate(config)
-    } else {
-        Command::Run(config)
+    let options = Options {
+        config: PathBuf::from(config.ok_or("--config is required")?),
+        watch,
+        record_policy,
+    };
+    Ok(match sub {
+        Some("validate") => Command::Validate(options),
+        Some("replay") => Command::Replay(
+            options,
+            traces.ok_or("replay needs a file of traces")?,
+            json,
+        ),
+        _ => Command::Run(options),
     })
 }
 
@@ -128,33 +207,56 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let path = match command {
+    let options = match command {
         Command::Version => {
             println!("tailgate {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Command::Validate(path) => {
-            return match Config::load(&path) {
+        Command::Validate(options) => {
+            return match options.load() {
                 Ok(_) => {
-                    println!("{}: config is valid", path.display());
+                    println!("{}: config is valid", options.config.display());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{}: {e}", path.display());
+                    eprintln!("{e}");
                     ExitCode::from(1)
                 }
             };
         }
-        Command::Run(path) => path,
+        Command::Replay(options, traces, json) => {
+            let settings = match options.load() {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            return match tailgate::replay::run(&settings, &traces) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", report.to_json());
+                    } else {
+                        print!("{}", report.to_text());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tailgate replay: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Command::Run(options) => options,
     };
-    let config = match Config::load(&path) {
-        Ok(c) => c,
+    let settings = match options.load() {
+        Ok(settings) => settings,
         Err(e) => {
-            eprintln!("{}: {e}", path.display());
+            eprintln!("{e}");
             return ExitCode::from(1);
         }
     };
-    match run(config.settings) {
+    match run(settings, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tailgate: {e:#}");
@@ -163,7 +265,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
     telemetry::init_logs(&settings.telemetry.logs);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -179,7 +281,12 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
-        tailgate::app::run(settings, metrics, shutdown).await?;
+        let watch = options.watch.then(|| options.config.clone());
+        let reload = tailgate::app::Reload {
+            load: Box::new(move || options.load()),
+            watch,
+        };
+        tailgate::app::run(settings, metrics, shutdown, Some(reload)).await?;
         Ok(())
     })
 }
@@ -213,13 +320,39 @@ mod tests {
     #[test]
     fn flags_parse_into_commands() {
         assert!(
-            matches!(parse_args(&args(&["--config", "a.yaml"])), Ok(Command::Run(p)) if p.as_path() == std::path::Path::new("a.yaml"))
+            matches!(parse_args(&args(&["--config", "a.yaml"])), Ok(Command::Run(o)) if o.config.as_path() == std::path::Path::new("a.yaml") && !o.watch && !o.record_policy)
         );
         assert!(matches!(
             parse_args(&args(&["validate", "--config=b.yaml"])),
             Ok(Command::Validate(_))
         ));
+        assert!(matches!(
+            parse_args(&args(&["--config", "a.yaml", "--watch-config"])),
+            Ok(Command::Run(o)) if o.watch
+        ));
+        assert!(matches!(
+            parse_args(&args(&["replay", "--config", "a.yaml", "t.jsonl", "--output", "json"])),
+            Ok(Command::Replay(_, t, true)) if t.as_path() == std::path::Path::new("t.jsonl")
+        ));
+        assert!(parse_args(&args(&["replay", "--config", "a.yaml"])).is_err());
         assert!(parse_args(&args(&[])).is_err());
         assert!(parse_args(&args(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn the_record_policy_feature_gate_is_read_as_the_collector_writes_it() {
+        for (gates, on) in [
+            ("processor.tailsamplingprocessor.recordpolicy", true),
+            ("+processor.tailsamplingprocessor.recordpolicy", true),
+            ("-processor.tailsamplingprocessor.recordpolicy", false),
+        ] {
+            let a = args(&["--config", "a.yaml", "--feature-gates", gates]);
+            assert!(
+                matches!(parse_args(&a), Ok(Command::Run(o)) if o.record_policy == on),
+                "{gates}"
+            );
+        }
+        let unknown = parse_args(&args(&["-c", "a.yaml", "--feature-gates=some.other.gate"]));
+        assert!(matches!(unknown, Err(e) if e.contains("some.other.gate")));
     }
 }

@@ -57,6 +57,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "config",
         ],
     ),
+    (
+        "replay",
+        &["otlp", "yaml", "telemetry", "policy", "sampler", "config"],
+    ),
 ];
 
 type ModulePath = Vec<String>;

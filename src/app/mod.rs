@@ -10,6 +10,7 @@
 //! port fails start-up before the daemon reports ready). Shutdown is the sequence in
 //! [`shutdown`], upstream first.
 
+pub mod reload;
 mod shutdown;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use crate::otlp::TraceConsumer;
 use crate::receiver::{serve_grpc, serve_http};
 use crate::sampler::Sampler;
 use crate::telemetry::{self, Health};
+pub use reload::Reload;
 use shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,7 @@ pub async fn run(
     settings: Settings,
     metrics: Option<telemetry::Metrics>,
     shutdown: CancellationToken,
+    reload: Option<Reload>,
 ) -> Result<(), AppError> {
     for notice in &settings.notices {
         tracing::warn!("{notice}");
@@ -215,7 +218,24 @@ pub async fn run(
 
     health.set_ready(true);
     tracing::info!("tailgate is ready");
+    let reload_stop = CancellationToken::new();
+    let reloads = reload.map(|reload| {
+        let sampler = match &stages {
+            Stages::Sampler { sampler, .. } => sampler.clone(),
+            Stages::Balancer(_) => None,
+        };
+        tokio::spawn(reload::run(
+            reload,
+            settings.clone(),
+            sampler,
+            reload_stop.clone(),
+        ))
+    });
     shutdown.cancelled().await;
+    reload_stop.cancel();
+    if let Some(task) = reloads {
+        let _ = task.await;
+    }
 
     Shutdown {
         grace: settings.shutdown_grace,

@@ -21,7 +21,8 @@ use bytes::Bytes;
 use tailgate::otlp::{parse_export_request, FieldReader, RawBytesCodec, Value, EXPORT_PATH};
 use tonic::server::UnaryService;
 
-const USAGE: &str = "usage: tailgate-sink --listen <host:port> --out <file> [--max-message-mib <n>]";
+const USAGE: &str =
+    "usage: tailgate-sink --listen <host:port> --out <file> [--max-message-mib <n>]";
 
 /// The records and senders written so far.
 struct Recorder {
@@ -187,7 +188,11 @@ fn main() -> ExitCode {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let _ = flusher.lock().unwrap_or_else(|p| p.into_inner()).out.flush();
+                let _ = flusher
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .out
+                    .flush();
             }
         });
         tonic::transport::Server::builder()

@@ -209,9 +209,8 @@ struct NamedPolicy {
 impl NamedPolicy {
     fn new(name: String, policy: Box<dyn Policy>) -> Self {
         let per_label_set = |metric: &'static catalog::Metric| {
-            [Decision::Sampled, Decision::NotSampled, Decision::Dropped].map(|d| {
-                metric.counter(&[&name, d.sampled_label(), d.decision_label()])
-            })
+            [Decision::Sampled, Decision::NotSampled, Decision::Dropped]
+                .map(|d| metric.counter(&[&name, d.sampled_label(), d.decision_label()]))
         };
         Self {
             traces: per_label_set(&catalog::POLICY_DECISIONS),
@@ -334,6 +333,23 @@ impl PolicySet {
             sample_on_first_match: false,
             evaluation_errors: Default::default(),
         }
+    }
+
+    /// Every policy's own answer for a trace, in evaluation order, each evaluated whatever the
+    /// others answered (`tailgate replay` reports them): whether it would sample the trace, or
+    /// `None` when it could not evaluate it.
+    pub fn answers(&self, trace: &TraceView<'_>) -> Vec<(&str, Option<bool>)> {
+        self.policies
+            .iter()
+            .map(|p| {
+                let answer = p
+                    .policy
+                    .evaluate(trace)
+                    .ok()
+                    .map(|d| matches!(d, Decision::Sampled | Decision::InvertSampled));
+                (p.name.as_str(), answer)
+            })
+            .collect()
     }
 
     /// The name of the policy at `index` in evaluation order (see [`Verdict::policy`]).

@@ -67,6 +67,13 @@ impl Sampler {
         }
     }
 
+    /// Applies a reloaded sampler config: its policies and buffer settings from now on (see
+    /// [`TraceBuffer::reload`]). The caller has checked that nothing that needs a restart changed.
+    pub fn reload(&self, settings: &SamplerSettings) {
+        let policies = PolicySet::new(&settings.policies, settings.sample_on_first_match);
+        self.buffer.reload(settings.buffer.clone(), policies);
+    }
+
     /// The first phase of shutdown for a clustered sampler: stop owning traces, hand the buffer
     /// to the peers, and keep forwarding what still arrives until the balancers have noticed, at
     /// most until `by`. Does nothing without `cluster`.

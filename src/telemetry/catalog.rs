@@ -443,6 +443,10 @@ declare! {
     LB_NUM_BACKEND_UPDATES = Counter "otelcol_loadbalancer_num_backend_updates" ["resolver"] "{updates}"
         "Times the backend set changed.";
 
+    // Configuration.
+    CONFIG_RELOADS = Counter "tailgate_config_reloads" ["result"] "{reloads}"
+        "Config reloads (SIGHUP or --watch-config): applied, partial (changes that need a restart were not applied) or failed (the file did not validate; the running config stays).";
+
     // The process, read when /metrics is scraped (see telemetry::process), never registered.
     PROCESS_UPTIME = Counter "otelcol_process_uptime" [] "s"
         "Seconds since the process started.";

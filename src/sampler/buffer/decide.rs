@@ -25,7 +25,9 @@ use super::cache::Remembered;
 use super::shard::{Pending, ShardState, TraceEntry, SHARDS};
 use super::store::Stored;
 use super::TraceBuffer;
-use crate::otlp::annotate::{bool_attribute, string_attribute, with_scope_attribute, with_span_attribute};
+use crate::otlp::annotate::{
+    bool_attribute, string_attribute, with_scope_attribute, with_span_attribute,
+};
 use crate::otlp::{Chunk, Origin, SpanBatch, TraceId};
 use crate::policy::{FinalDecision, PolicySet, SpanRecord, TraceView, Verdict};
 
@@ -61,9 +63,10 @@ impl TraceBuffer {
         now: Instant,
     ) -> Due {
         self.counts.remove_trace(entry.spans, entry.memory);
-        self.metrics
-            .removal_age
-            .record(now.saturating_duration_since(entry.first_seen).as_secs_f64());
+        self.metrics.removal_age.record(
+            now.saturating_duration_since(entry.first_seen)
+                .as_secs_f64(),
+        );
         state.deciding.insert(id, Pending::default());
         Due { id, entry }
     }

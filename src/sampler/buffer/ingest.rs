@@ -13,11 +13,11 @@ use tokio::time::Instant;
 
 use super::cache::Remembered;
 use super::counts::Added;
+use super::decide::mark_dry_run;
 use super::handoff::Carried;
 use super::shard::{shard_of, ShardState, TraceEntry};
 use super::store::{BlockBuilder, Stored};
 use super::{BufferSettings, IngestOutcome, Overflow, TraceBuffer, TRACE_OVERHEAD};
-use super::decide::mark_dry_run;
 use crate::otlp::group::for_each_trace_run;
 use crate::otlp::{Chunk, Origin, ParsedRequest, SpanBatch, SpanRef, SpanSummary, TraceId};
 
@@ -184,43 +184,43 @@ impl TraceBuffer {
                         continue;
                     }
                     match cache.get_with_age(&id, now) {
-                    Some((remembered, age)) => {
-                        self.metrics.late_span_age.record(age.as_secs_f64());
-                        let sampled = remembered == Remembered::Sampled;
-                        if sampled {
-                            outcome.forwarded_late += group.spans as usize;
-                        } else {
-                            outcome.dropped_late += group.spans as usize;
+                        Some((remembered, age)) => {
+                            self.metrics.late_span_age.record(age.as_secs_f64());
+                            let sampled = remembered == Remembered::Sampled;
+                            if sampled {
+                                outcome.forwarded_late += group.spans as usize;
+                            } else {
+                                outcome.dropped_late += group.spans as usize;
+                            }
+                            if sampled || arrival.settings.dry_run {
+                                kept.extend(chunks.map(|c| {
+                                    let chunk = c.into_chunk(&self.codec, None);
+                                    if arrival.settings.dry_run {
+                                        mark_dry_run(chunk, sampled)
+                                    } else {
+                                        chunk
+                                    }
+                                }));
+                            } else {
+                                chunks.for_each(drop);
+                            }
+                            continue;
                         }
-                        if sampled || arrival.settings.dry_run {
-                            kept.extend(chunks.map(|c| {
-                                let chunk = c.into_chunk(&self.codec, None);
-                                if arrival.settings.dry_run {
-                                    mark_dry_run(chunk, sampled)
-                                } else {
-                                    chunk
-                                }
-                            }));
-                        } else {
-                            chunks.for_each(drop);
+                        None => {
+                            let deadline = now + arrival.settings.decision_wait;
+                            result.wake |= queues.push_arrival(deadline, id);
+                            result.new_traces += 1;
+                            result.added.traces += 1;
+                            result.added.bytes += TRACE_OVERHEAD;
+                            vacant.insert(TraceEntry {
+                                deadline,
+                                first_seen: now,
+                                chunks: Vec::new(),
+                                spans: 0,
+                                bytes: 0,
+                                memory: TRACE_OVERHEAD,
+                            })
                         }
-                        continue;
-                    }
-                    None => {
-                        let deadline = now + arrival.settings.decision_wait;
-                        result.wake |= queues.push_arrival(deadline, id);
-                        result.new_traces += 1;
-                        result.added.traces += 1;
-                        result.added.bytes += TRACE_OVERHEAD;
-                        vacant.insert(TraceEntry {
-                            deadline,
-                            first_seen: now,
-                            chunks: Vec::new(),
-                            spans: 0,
-                            bytes: 0,
-                            memory: TRACE_OVERHEAD,
-                        })
-                    }
                     }
                 }
             };
@@ -247,7 +247,9 @@ impl TraceBuffer {
                     result.wake = true;
                 }
             }
-            if arrival.settings.max_trace_bytes > 0 && entry.bytes > arrival.settings.max_trace_bytes {
+            if arrival.settings.max_trace_bytes > 0
+                && entry.bytes > arrival.settings.max_trace_bytes
+            {
                 let entry = traces.remove(&id).expect("present");
                 self.counts.remove_trace(entry.spans, entry.memory);
                 cache.remember_buffered(&id, Remembered::NotSampled);

@@ -599,7 +599,11 @@ async fn ingest_while_judging(keep: bool) -> (Vec<(u8, u8)>, IngestOutcome, Inge
     let joined = tokio::time::timeout(Duration::from_secs(30), ingest(&buffer, &[(1, 2, 0)]))
         .await
         .expect("ingest was not blocked by the decision in progress");
-    assert_eq!(buffer.live_traces(), 0, "the joining span started no new trace");
+    assert_eq!(
+        buffer.live_traces(),
+        0,
+        "the joining span started no new trace"
+    );
     // Trace 1's second decision (none: it is not judged twice) would block here forever.
     release.send(()).unwrap();
     draining.await.unwrap();
@@ -616,8 +620,15 @@ async fn ingest_while_judging(keep: bool) -> (Vec<(u8, u8)>, IngestOutcome, Inge
 async fn spans_arriving_while_their_trace_is_judged_go_out_with_the_kept_trace() {
     let (kept, joined, late) = ingest_while_judging(true).await;
     assert_eq!(joined.buffered, 1);
-    assert_eq!(kept, vec![(1, 1), (1, 2)], "the joined span left with its trace");
-    assert_eq!(late.forwarded_late, 1, "afterwards, the cache has the decision");
+    assert_eq!(
+        kept,
+        vec![(1, 1), (1, 2)],
+        "the joined span left with its trace"
+    );
+    assert_eq!(
+        late.forwarded_late, 1,
+        "afterwards, the cache has the decision"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -630,7 +641,10 @@ async fn spans_arriving_while_their_trace_is_judged_are_dropped_with_a_dropped_t
 
 /// Every span of a batch with its `tailsampling.sampled` value, and every scope's
 /// `tailsampling.policy` value.
-fn annotations(batch: &SpanBatch) -> (Vec<(u8, u8, Option<bool>)>, Vec<Option<String>>) {
+/// `(trace byte, span byte, tailsampling.sampled)` of each span.
+type MarkedSpans = Vec<(u8, u8, Option<bool>)>;
+
+fn annotations(batch: &SpanBatch) -> (MarkedSpans, Vec<Option<String>>) {
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
     use opentelemetry_proto::tonic::trace::v1::Span;
@@ -685,15 +699,14 @@ async fn dry_run_forwards_every_trace_marked_with_the_decision_it_would_take() {
     spans.sort();
     assert_eq!(
         spans,
-        vec![
-            (1, 1, Some(true)),
-            (2, 1, Some(false)),
-            (2, 2, Some(false))
-        ]
+        vec![(1, 1, Some(true)), (2, 1, Some(false)), (2, 2, Some(false))]
     );
     // A late span of the trace that would have been dropped is forwarded too, marked false.
     let late = ingest(&buffer, &[(2, 3, 0)]).await;
-    assert_eq!(late.dropped_late, 1, "counted as following a not-sampled decision");
+    assert_eq!(
+        late.dropped_late, 1,
+        "counted as following a not-sampled decision"
+    );
     let (spans, _) = annotations(&out.try_recv().unwrap());
     assert_eq!(spans, vec![(2, 3, Some(false))]);
 }
@@ -709,7 +722,11 @@ async fn record_policy_names_the_policy_that_kept_the_trace_on_its_scopes() {
     let (buffer, mut out, _stop) = start(s, set);
     ingest(&buffer, &[(1, 1, 2), (1, 2, 0), (2, 1, 0)]).await;
     let (spans, scopes) = annotations(&out.recv().await.unwrap());
-    assert_eq!(spans, vec![(1, 1, None), (1, 2, None)], "span bytes untouched");
+    assert_eq!(
+        spans,
+        vec![(1, 1, None), (1, 2, None)],
+        "span bytes untouched"
+    );
     assert!(!scopes.is_empty());
     assert!(
         scopes.iter().all(|p| p.as_deref() == Some("errors")),
