@@ -93,9 +93,14 @@ impl Shutdown {
                         .await
                         .is_err()
                     {
+                        let lost = sampler.buffered_spans();
+                        crate::telemetry::catalog::SPANS_DROPPED
+                            .counter(&["shutdown_timeout"])
+                            .increment(lost as u64);
                         tracing::error!(
+                            spans = lost,
                             "the buffer did not settle in its share of the grace period; \
-                             traces still buffered are lost"
+                             spans still buffered are lost (counted in tailgate_spans_dropped)"
                         );
                     }
                 }

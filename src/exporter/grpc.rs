@@ -12,7 +12,7 @@ use super::retry::{grpc_code_is_retryable, grpc_refusal, SendError};
 use super::settings::{Compression, GrpcSettings};
 use crate::otlp::proto::{google_rpc, views};
 use crate::otlp::{EncodedBatch, RawBytesCodec, EXPORT_PATH};
-use crate::telemetry::catalog;
+use crate::telemetry::{catalog, LogEvery};
 
 pub struct GrpcTransport {
     channel: Channel,
@@ -93,7 +93,7 @@ impl GrpcTransport {
                 self.timeout
             ))),
             Ok(Ok(response)) => {
-                report_partial_success(&response.into_inner());
+                report_partial_success(&response.into_inner(), batch.spans);
                 Ok(())
             }
             Ok(Err(status)) => Err(classify(&status)),
@@ -123,25 +123,54 @@ fn retry_info(details: &[u8]) -> Option<Duration> {
         .find(|any| any.type_url.ends_with("google.rpc.RetryInfo"))
         .and_then(|any| google_rpc::RetryInfo::decode(any.value.as_slice()).ok())
         .and_then(|info| info.retry_delay)
-        .map(|d| Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32))
+        .map(|d| super::retry::retry_info_delay(d.seconds, d.nanos))
 }
 
-/// Logs and counts spans a backend accepted the request for but rejected individually.
-pub fn report_partial_success(body: &[u8]) {
-    if let Ok(response) = views::ExportTraceServiceResponse::decode(body) {
-        if let Some(partial) = response.partial_success {
-            if partial.rejected_spans > 0 {
-                catalog::EXPORTER_REJECTED_SPANS
-                    .counter(&[])
-                    .increment(partial.rejected_spans as u64);
-                tracing::warn!(
-                    rejected_spans = partial.rejected_spans,
-                    message = %partial.error_message,
-                    "backend rejected part of an export"
-                );
+/// Logs and counts spans a backend accepted the request for but rejected individually. A body
+/// that is not an `ExportTraceServiceResponse` is counted (the request was accepted all the
+/// same), and a rejected count over the `sent` spans is cut to `sent`.
+pub fn report_partial_success(body: &[u8], sent: usize) {
+    static LOG: std::sync::LazyLock<LogEvery> =
+        std::sync::LazyLock::new(|| LogEvery::new(Duration::from_secs(10)));
+    let response = match views::ExportTraceServiceResponse::decode(body) {
+        Ok(response) => response,
+        Err(error) => {
+            bad_response("undecodable");
+            if LOG.ready() {
+                tracing::warn!(%error, "backend accepted an export with an undecodable response");
             }
+            return;
         }
+    };
+    let Some(partial) = response.partial_success else {
+        return;
+    };
+    if partial.rejected_spans <= 0 {
+        return;
     }
+    let mut rejected = partial.rejected_spans as u64;
+    if rejected > sent as u64 {
+        bad_response("rejected_more_than_sent");
+        rejected = sent as u64;
+    }
+    catalog::EXPORTER_REJECTED_SPANS
+        .counter(&[])
+        .increment(rejected);
+    if LOG.ready() {
+        let message: String = partial.error_message.chars().take(256).collect();
+        tracing::warn!(
+            rejected_spans = rejected,
+            %message,
+            "backend rejected part of an export"
+        );
+    }
+}
+
+/// Counts a backend answer tailgate could not use as sent (`tailgate_exporter_bad_responses`).
+pub fn bad_response(kind: &'static str) {
+    catalog::EXPORTER_BAD_RESPONSES
+        .counter(&[kind])
+        .increment(1);
 }
 
 #[cfg(test)]

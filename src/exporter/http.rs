@@ -11,7 +11,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use super::retry::{http_refusal, http_status_is_retryable, SendError};
+use super::retry::{http_refusal, http_status_is_retryable, parse_retry_after, SendError};
 use super::settings::{Compression, HttpEncoding, HttpSettings};
 use crate::otlp::json::to_otlp_json;
 use crate::otlp::EncodedBatch;
@@ -81,8 +81,8 @@ impl HttpTransport {
         let request = request
             .body(Full::new(payload))
             .map_err(|e| SendError::permanent(e.to_string()))?;
-        let response = match tokio::time::timeout(self.timeout, self.client.request(request)).await
-        {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => {
                 return Err(SendError::retryable(format!(
                     "no answer within {:?}",
@@ -97,17 +97,11 @@ impl HttpTransport {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+        let body = read_response_body(response.into_body(), deadline).await;
         if status.is_success() {
-            if !self.json {
-                super::grpc::report_partial_success(&body);
+            if !self.json && !body.is_empty() {
+                super::grpc::report_partial_success(&body, batch.spans);
             }
             return Ok(());
         }
@@ -121,5 +115,32 @@ impl HttpTransport {
             refused: http_refusal(status.as_u16()),
             message,
         })
+    }
+}
+
+/// Most of a response body read: an OTLP response is a few bytes (`partial_success`), an error
+/// a message. More is not read.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Reads a response body of at most [`MAX_RESPONSE_BODY`] bytes by `deadline`. A body that is
+/// larger, fails or is still arriving then is counted and read as empty: the status line has
+/// already said whether the export was accepted.
+async fn read_response_body(body: hyper::body::Incoming, deadline: tokio::time::Instant) -> Bytes {
+    let limited = http_body_util::Limited::new(body, MAX_RESPONSE_BODY);
+    match tokio::time::timeout_at(deadline, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(error)) => {
+            let kind = if error.is::<http_body_util::LengthLimitError>() {
+                "response_body_too_large"
+            } else {
+                "response_body_failed"
+            };
+            super::grpc::bad_response(kind);
+            Bytes::new()
+        }
+        Err(_) => {
+            super::grpc::bad_response("response_body_timeout");
+            Bytes::new()
+        }
     }
 }

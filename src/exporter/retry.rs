@@ -1,11 +1,40 @@
 //! Retry policy for exports, per the OTLP specification: which failures are retryable, how long
 //! to wait (server-given `RetryInfo` / `Retry-After` first, else capped exponential backoff with
-//! jitter), and when to give up (`max_elapsed_time`). Pure functions, table-tested.
+//! jitter), and when to give up (`max_elapsed_time`). Pure functions (a capped server delay is counted), table-tested.
 
 use serde::Deserialize;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::yaml::{duration, ConfigError};
+
+/// The longest wait a server may ask for (`RetryInfo`, `Retry-After`). A backend that answers
+/// with hours or years must not park an export worker that long: the wait is cut to this, and
+/// `max_elapsed_time` still ends the retries.
+pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(300);
+
+/// A `Retry-After` header value: delay-seconds or an HTTP-date (both allowed by the OTLP
+/// specification and RFC 9110), as a wait from `now` ([`Backoff::next_wait`] caps it). A date
+/// in the past means no wait; anything unreadable is ignored (`None`: backoff applies).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Longer than u64 seconds is as absurd as any other value past the cap.
+        value
+            .parse::<u64>()
+            .map_or(Duration::MAX, Duration::from_secs)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait)
+}
+
+/// A gRPC `RetryInfo.retry_delay` as a wait ([`Backoff::next_wait`] caps it): negative parts
+/// read as zero, nanos past a second ignored (`Duration::new` would carry them and could
+/// overflow).
+pub fn retry_info_delay(seconds: i64, nanos: i32) -> Duration {
+    Duration::new(seconds.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+}
 
 /// `retry_on_failure`, with the Collector's defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +195,12 @@ impl Backoff {
             return None;
         }
         let wait = match server_delay {
+            Some(d) if d > MAX_SERVER_DELAY => {
+                crate::telemetry::catalog::EXPORTER_BAD_RESPONSES
+                    .counter(&["retry_delay_capped"])
+                    .increment(1);
+                MAX_SERVER_DELAY
+            }
             Some(d) => d,
             None => {
                 let jitter = self.config.randomization_factor * (2.0 * self.random() - 1.0);
@@ -177,10 +212,11 @@ impl Backoff {
             }
         };
         let max = self.config.max_elapsed_time;
-        if !max.is_zero() && self.elapsed + wait > max {
+        let elapsed = self.elapsed.checked_add(wait)?;
+        if !max.is_zero() && elapsed > max {
             return None;
         }
-        self.elapsed += wait;
+        self.elapsed = elapsed;
         Some(wait)
     }
 
@@ -314,5 +350,69 @@ mod tests {
             1,
         );
         assert_eq!(off.next_wait(None), None);
+    }
+
+    #[test]
+    fn absurd_server_delays_are_capped_and_never_overflow() {
+        let mut b = Backoff::new(
+            &RetryConfig {
+                max_elapsed_time: Duration::ZERO,
+                ..Default::default()
+            },
+            1,
+        );
+        for _ in 0..3 {
+            assert_eq!(b.next_wait(Some(Duration::MAX)), Some(MAX_SERVER_DELAY));
+        }
+        assert_eq!(
+            b.next_wait(Some(retry_info_delay(i64::MAX, i32::MAX))),
+            Some(MAX_SERVER_DELAY)
+        );
+        assert_eq!(retry_info_delay(-5, -1), Duration::ZERO);
+        assert_eq!(
+            retry_info_delay(2, 500_000_000),
+            Duration::from_millis(2500)
+        );
+        // With the default max_elapsed_time (300 s) a capped delay still ends the retries.
+        let mut b = Backoff::new(&RetryConfig::default(), 1);
+        assert_eq!(
+            b.next_wait(Some(Duration::from_secs(86_400))),
+            Some(MAX_SERVER_DELAY)
+        );
+        assert_eq!(b.next_wait(Some(Duration::from_secs(1))), None);
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_as_an_http_date() {
+        let now = httpdate::parse_http_date("Wed, 02 Dec 2026 10:00:00 GMT").unwrap();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 10:00:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        // RFC 850 and asctime forms, which RFC 9110 says recipients must accept.
+        assert_eq!(
+            parse_retry_after("Wednesday, 02-Dec-26 10:01:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Wed Dec  2 10:00:05 2026", now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 02 Dec 2026 09:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date in the past: retry now"
+        );
+        let far = parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now).unwrap();
+        assert!(far > Duration::from_secs(86_400 * 365 * 7000));
+        assert_eq!(
+            parse_retry_after("99999999999999999999", now),
+            Some(Duration::MAX),
+            "longer than u64 seconds: as long as it gets (the backoff caps it)"
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
     }
 }

@@ -74,6 +74,11 @@ impl Sampler {
         self.buffer.reload(settings.buffer.clone(), policies);
     }
 
+    /// Spans still buffered (undecided).
+    pub fn buffered_spans(&self) -> usize {
+        self.buffer.buffered_spans()
+    }
+
     /// The first phase of shutdown for a clustered sampler: stop owning traces, hand the buffer
     /// to the peers, and keep forwarding what still arrives until the balancers have noticed, at
     /// most until `by`. Does nothing without `cluster`.

@@ -388,7 +388,7 @@ declare! {
     OVERFLOW_REFUSALS = Counter "tailgate_buffer_overflow_refusals" [] "{requests}"
         "Requests refused because the buffer was full with block_on_overflow.";
     SPANS_DROPPED = Counter "tailgate_spans_dropped" ["reason"] "{spans}"
-        "Spans dropped outside the export path (shutdown with drop_pending_traces_on_shutdown, pipeline closed, no peer).";
+        "Spans dropped outside the export path (shutdown with drop_pending_traces_on_shutdown, a buffer still settling when the grace period ran out, pipeline closed, no peer).";
 
     // The sampler cluster.
     CLUSTER_FORWARDED_SPANS = Counter "tailgate_cluster_forwarded_spans" [] "{spans}"
@@ -428,6 +428,8 @@ declare! {
         "Export attempts that failed with a retryable error and were retried.";
     EXPORTER_SPLIT_BATCHES = Counter "tailgate_exporter_split_batches" ["exporter"] "{batches}"
         "Batches split in two after the receiver refused them as too large or invalid, so that the rest is delivered.";
+    EXPORTER_BAD_RESPONSES = Counter "tailgate_exporter_bad_responses" ["kind"] "{responses}"
+        "Backend answers tailgate could not use as sent: a response body over 64 KiB or still arriving at the timeout, an undecodable success response, a retry delay over 5 minutes (capped), a partial_success rejecting more spans than were sent.";
     EXPORTER_REJECTED_SPANS = Counter "tailgate_exporter_rejected_spans" [] "{spans}"
         "Spans a backend accepted the request for but rejected individually (partial_success).";
 
