@@ -25,9 +25,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
 /// mimalloc's option numbers (`mi_option_t` in mimalloc 3's `mimalloc.h`; libmimalloc-sys does
-/// not name these two).
+/// not name these two). They differ between mimalloc 2 and 3 (`allow_thp` is 37 in 2), so the
+/// crates are pinned exactly in Cargo.toml and the C library's version is checked before they are
+/// used.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+/// The mimalloc major version the numbers above are for (`mi_version()` is major*10000 + ...).
+const MI_OPTIONS_MAJOR: i32 = 3;
 
 /// Sets the allocator up for the buffer's pattern, before the runtime starts:
 ///
@@ -38,18 +42,38 @@ const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 ///   steady 400k spans/s 0.85-0.93 against 1.00-1.08. mimalloc reads its own option only at
 ///   start-up, so the process-wide switch (`PR_SET_THP_DISABLE`) is set too.
 ///   `MIMALLOC_ALLOW_THP=1` keeps huge pages.
-fn tune_allocator() {
+///
+/// Returns warnings to log once logging is up (it is not yet).
+fn tune_allocator() -> Vec<String> {
+    let mut warnings = Vec::new();
+    // SAFETY: mi_version only reads a constant.
+    let version = unsafe { libmimalloc_sys::mi_version() };
+    let options_known = version / 10_000 == MI_OPTIONS_MAJOR;
+    if !options_known {
+        warnings.push(format!(
+            "mimalloc {version} is not the major version {MI_OPTIONS_MAJOR} tailgate's allocator \
+             options are numbered for: purge delay and huge-page options left at their defaults"
+        ));
+    }
     // SAFETY: these set allocator options and a process flag; no memory is touched, and options
     // may be set at any time.
     unsafe {
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        if options_known && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ALLOCATOR_PURGE_DELAY_MS);
         }
         if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-            libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+            if options_known {
+                libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+            }
+            if libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0 {
+                warnings.push(format!(
+                    "prctl(PR_SET_THP_DISABLE) failed ({}): transparent huge pages stay on",
+                    std::io::Error::last_os_error()
+                ));
+            }
         }
     }
+    warnings
 }
 
 /// The heap as `otelcol_process_runtime_heap_alloc_bytes` reports it: the bytes mimalloc has
@@ -195,7 +219,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    let allocator_warnings = tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse_args(&args) {
         Ok(c) => c,
@@ -256,7 +280,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match run(settings, options) {
+    match run(settings, options, allocator_warnings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tailgate: {e:#}");
@@ -265,8 +289,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings, options: Options) -> anyhow::Result<()> {
+fn run(settings: Settings, options: Options, warnings: Vec<String>) -> anyhow::Result<()> {
     telemetry::init_logs(&settings.telemetry.logs);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -337,6 +364,19 @@ mod tests {
         assert!(parse_args(&args(&["replay", "--config", "a.yaml"])).is_err());
         assert!(parse_args(&args(&[])).is_err());
         assert!(parse_args(&args(&["--bogus"])).is_err());
+    }
+
+    #[test]
+    fn the_allocator_is_the_mimalloc_major_version_its_options_are_numbered_for() {
+        // SAFETY: reads a constant.
+        let version = unsafe { libmimalloc_sys::mi_version() };
+        assert_eq!(version / 10_000, MI_OPTIONS_MAJOR, "mimalloc {version}");
+        assert!(tune_allocator().is_empty(), "{:?}", tune_allocator());
+        // SAFETY: reads an option.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(delay, ALLOCATOR_PURGE_DELAY_MS);
+        }
     }
 
     #[test]
