@@ -205,7 +205,10 @@ impl Cluster {
             return self.ingest(request.parsed, request.body, None).await;
         }
         // Taken or refused whole: nothing is forwarded if the rest would be refused.
-        self.buffer.refuse_if_full().map_err(|_| Refusal::Full)?;
+        self.buffer
+            .wait_for_room()
+            .await
+            .map_err(|_| Refusal::Full)?;
         let mut keep = split.mine;
         for (peer, spans) in split.theirs {
             keep.extend(

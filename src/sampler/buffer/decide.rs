@@ -117,6 +117,7 @@ impl TraceBuffer {
                 // Pending spans of a trace not exported are dropped with it (counted above).
             }
         }
+        self.room.notify_waiters();
         // Pending spans are decompressed and everything annotated outside the lock too.
         self.finish_chunks(&settings, &policies, exported)
     }

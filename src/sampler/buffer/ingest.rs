@@ -55,8 +55,9 @@ impl TraceBuffer {
     /// slow exporter pushes back on the client.
     ///
     /// With `block_on_overflow`, a request that arrives while the buffer holds `num_traces`
-    /// traces or `max_buffered_bytes` bytes is refused whole ([`Overflow`]) for the client to
-    /// retry.
+    /// traces or `max_buffered_bytes` bytes waits for decisions to make room, at most
+    /// [`super::limits::OVERFLOW_MAX_WAIT`], and is then refused whole ([`Overflow`]) for the
+    /// client to retry.
     pub async fn ingest(
         &self,
         request: ParsedRequest,
@@ -77,7 +78,7 @@ impl TraceBuffer {
         if request.spans.is_empty() {
             return Ok(IngestOutcome::default());
         }
-        self.refuse_if_full()?;
+        self.wait_for_room().await?;
         Ok(self.add(request, body, carried).await)
     }
 

@@ -4,21 +4,57 @@
 //! `block_on_overflow` a request that arrives at a limit is refused whole instead, for the client
 //! to retry.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use super::shard::SHARDS;
 use super::{IngestOutcome, Overflow, TraceBuffer};
 use crate::otlp::Chunk;
 
+/// With `block_on_overflow`, how long a request waits for room before it is refused. The
+/// Collector blocks the call until there is room, for as long as the client waits; tailgate
+/// bounds the wait so a client that gave up does not hold a request open, and answers within the
+/// OpenTelemetry SDKs' default 10 s export timeout.
+pub const OVERFLOW_MAX_WAIT: Duration = Duration::from_secs(5);
+
 impl TraceBuffer {
-    /// With `block_on_overflow`, refuses a request while the buffer is at a limit.
-    pub fn refuse_if_full(&self) -> Result<(), Overflow> {
-        if !self.settings().block_on_overflow {
+    /// With `block_on_overflow`, whether the buffer is at a limit.
+    fn is_full(&self) -> bool {
+        let settings = self.settings();
+        if !settings.block_on_overflow {
+            return false;
+        }
+        let full_bytes =
+            settings.max_buffered_bytes > 0 && self.buffered_bytes() >= settings.max_buffered_bytes;
+        full_bytes || self.live_traces() >= settings.num_traces
+    }
+
+    /// With `block_on_overflow`, waits while the buffer is at a limit, until decisions make
+    /// room, at most [`OVERFLOW_MAX_WAIT`]; then refuses ([`TraceBuffer::refuse_if_full`]).
+    pub async fn wait_for_room(&self) -> Result<(), Overflow> {
+        if !self.is_full() {
             return Ok(());
         }
-        let full_bytes = self.settings().max_buffered_bytes > 0
-            && self.buffered_bytes() >= self.settings().max_buffered_bytes;
-        if full_bytes || self.live_traces() >= self.settings().num_traces {
+        let deadline = Instant::now() + OVERFLOW_MAX_WAIT;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the check, so a decision between the check and the wait wakes it.
+            room.as_mut().enable();
+            if !self.is_full() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return self.refuse_if_full();
+            }
+        }
+    }
+
+    /// With `block_on_overflow`, refuses a request while the buffer is at a limit (counted and
+    /// logged).
+    pub fn refuse_if_full(&self) -> Result<(), Overflow> {
+        if self.is_full() {
             self.metrics.refusals.increment(1);
             if self.overflow_log.ready() {
                 tracing::warn!(

@@ -133,6 +133,8 @@ pub struct TraceBuffer {
     codec: Codec,
     counts: LiveCounts,
     out: mpsc::Sender<SpanBatch>,
+    /// Notified when decisions free room (requests waiting under `block_on_overflow`).
+    room: tokio::sync::Notify,
     early_log: LogEvery,
     late_drop_log: LogEvery,
     too_large_log: LogEvery,
@@ -165,6 +167,7 @@ impl TraceBuffer {
             policies: RwLock::new(Arc::new(policies)),
             counts: LiveCounts::default(),
             out,
+            room: tokio::sync::Notify::new(),
             early_log: log(),
             late_drop_log: log(),
             too_large_log: log(),

@@ -305,6 +305,27 @@ async fn a_trace_past_maximum_trace_size_bytes_is_decided_not_sampled_at_once() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn block_on_overflow_holds_a_request_until_decisions_make_room() {
+    let mut s = settings(2);
+    s.block_on_overflow = true;
+    s.decision_wait = Duration::from_secs(3);
+    let (buffer, mut out, _stop) = start(s, always());
+    let started = Instant::now();
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
+    // Trace 3 arrives at the limit: it waits (not refused) until traces 1 and 2 are decided.
+    let outcome = ingest(&buffer, &[(3, 1, 0)]).await;
+    assert_eq!(outcome.buffered, 1);
+    assert_eq!(Instant::now() - started, Duration::from_secs(3));
+    let mut kept = Vec::new();
+    while kept.len() < 2 {
+        kept.extend(span_ids(&out.recv().await.unwrap()));
+    }
+    kept.sort();
+    assert_eq!(kept, vec![(1, 1), (2, 1)]);
+    assert_eq!(buffer.live_traces(), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     let mut s = settings(2);
     s.block_on_overflow = true;
@@ -312,7 +333,13 @@ async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
     let body = request(&[(3, 1, 0)]);
     let parsed = crate::otlp::parse_export_request(&body).unwrap();
+    let asked = Instant::now();
     assert_eq!(buffer.ingest(parsed, &body).await, Err(Overflow));
+    assert_eq!(
+        Instant::now() - asked,
+        super::limits::OVERFLOW_MAX_WAIT,
+        "refused once the bounded wait found no room (decision_wait is 10 s)"
+    );
     assert_eq!(buffer.live_traces(), 2);
     assert!(
         matches!(out.try_recv(), Err(TryRecvError::Empty)),
