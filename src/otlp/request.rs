@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+use super::validate::{self, At, Invalid, Walk};
 use super::wire::{bad_type, wire_type_of, FieldReader, Value, WireError};
 use super::TraceId;
 
@@ -279,12 +280,22 @@ pub struct ParsedRequest {
     pub spans: Vec<SpanRef>,
 }
 
-/// Walks an `ExportTraceServiceRequest`, validating all of it before anything is used, so a bad
-/// request is rejected whole and never half-buffered.
+/// Walks an `ExportTraceServiceRequest` for its spans and origins, checking the framing down to
+/// each span's summary fields. For requests tailgate wrote itself or already admitted (the door
+/// validates in full with [`super::validate::admit`]).
 ///
 /// Resource and scope encodings are copied out of the body (they are small and shared by many
 /// spans), so nothing built from the result pins the request buffer.
 pub fn parse_export_request(body: &[u8]) -> Result<ParsedRequest, WireError> {
+    walk_request(body, None).map_err(|e| e.error)
+}
+
+/// The walk behind [`parse_export_request`] and [`super::validate::admit`]: with `deep`, every
+/// nested message, wire type and string is checked too, and errors name their field path.
+pub(crate) fn walk_request(
+    body: &[u8],
+    mut deep: Option<&mut Walk>,
+) -> Result<ParsedRequest, Box<Invalid>> {
     // Room for spans of about 300 bytes and more without growing (growing copied the vector
     // nine times for a 512-span request); the vector lives only as long as the request.
     let mut parsed = ParsedRequest {
@@ -292,14 +303,18 @@ pub fn parse_export_request(body: &[u8]) -> Result<ParsedRequest, WireError> {
         spans: Vec::with_capacity(body.len() / 300 + 4),
     };
     let mut request = FieldReader::new(body);
+    let mut index = 0;
     while let Some((field, value, at)) = request.next()? {
         if field != 1 {
             continue;
         }
         let Value::Len(resource_spans) = value else {
-            return Err(bad_type(field, &value, at));
+            return Err(Box::<Invalid>::from(bad_type(field, &value, at)))
+                .at("resource_spans", Some(index));
         };
-        parse_resource_spans(resource_spans, at, body, &mut parsed)?;
+        parse_resource_spans(resource_spans, at, &mut parsed, deep.as_deref_mut())
+            .at("resource_spans", Some(index))?;
+        index += 1;
     }
     Ok(parsed)
 }
@@ -307,34 +322,50 @@ pub fn parse_export_request(body: &[u8]) -> Result<ParsedRequest, WireError> {
 fn parse_resource_spans(
     msg: &[u8],
     base: usize,
-    body: &[u8],
     parsed: &mut ParsedRequest,
-) -> Result<(), WireError> {
+    mut deep: Option<&mut Walk>,
+) -> Result<(), Box<Invalid>> {
     // First pass: the resource and schema URL may sit anywhere among the fields.
     let mut resource = None;
     let mut schema_url: &[u8] = &[];
     let mut fields = FieldReader::at(msg, base);
     while let Some((field, value, at)) = fields.next()? {
         match (field, value) {
-            (1, Value::Len(r)) => resource = Some(r),
-            (3, Value::Len(s)) => schema_url = s,
-            (1..=3, v) if !matches!(v, Value::Len(_)) => return Err(bad_type(field, &v, at)),
+            (1, Value::Len(r)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::resource(r, at, w).at("resource", None)?;
+                }
+                resource = Some(r);
+            }
+            (3, Value::Len(s)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::text(s, at, w).at("schema_url", None)?;
+                }
+                schema_url = s;
+            }
+            (1..=3, v) if !matches!(v, Value::Len(_)) => {
+                let name = ["resource", "scope_spans", "schema_url"][field as usize - 1];
+                return Err(Box::<Invalid>::from(bad_type(field, &v, at))).at(name, None);
+            }
             _ => {}
         }
     }
     let resource = resource.map(Bytes::copy_from_slice);
     let resource_schema_url = Bytes::copy_from_slice(schema_url);
     let mut fields = FieldReader::at(msg, base);
+    let mut index = 0;
     while let Some((field, value, at)) = fields.next()? {
         if let (2, Value::Len(scope_spans)) = (field, value) {
             parse_scope_spans(
                 scope_spans,
                 at,
-                body,
                 &resource,
                 &resource_schema_url,
                 parsed,
-            )?;
+                deep.as_deref_mut(),
+            )
+            .at("scope_spans", Some(index))?;
+            index += 1;
         }
     }
     Ok(())
@@ -343,33 +374,54 @@ fn parse_resource_spans(
 fn parse_scope_spans(
     msg: &[u8],
     base: usize,
-    _body: &[u8],
     resource: &Option<Bytes>,
     resource_schema_url: &Bytes,
     parsed: &mut ParsedRequest,
-) -> Result<(), WireError> {
+    mut deep: Option<&mut Walk>,
+) -> Result<(), Box<Invalid>> {
     let mut scope = None;
     let mut schema_url: &[u8] = &[];
     let mut fields = FieldReader::at(msg, base);
     while let Some((field, value, at)) = fields.next()? {
         match (field, value) {
-            (1, Value::Len(s)) => scope = Some(s),
-            (3, Value::Len(s)) => schema_url = s,
-            (1..=3, v) if !matches!(v, Value::Len(_)) => return Err(bad_type(field, &v, at)),
+            (1, Value::Len(s)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::scope(s, at, w).at("scope", None)?;
+                }
+                scope = Some(s);
+            }
+            (3, Value::Len(s)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::text(s, at, w).at("schema_url", None)?;
+                }
+                schema_url = s;
+            }
+            (1..=3, v) if !matches!(v, Value::Len(_)) => {
+                let name = ["scope", "spans", "schema_url"][field as usize - 1];
+                return Err(Box::<Invalid>::from(bad_type(field, &v, at))).at(name, None);
+            }
             _ => {}
         }
     }
     let origin = parsed.origins.len();
     let first_span = parsed.spans.len();
     let mut fields = FieldReader::at(msg, base);
+    let mut index = 0;
     while let Some((field, value, at)) = fields.next()? {
         if let (2, Value::Len(span)) = (field, value) {
-            let info = read_span(span, at)?;
+            let info = match read_span(span, at) {
+                Ok(info) => info,
+                Err(e) => return Err(Box::<Invalid>::from(e)).at("spans", Some(index)),
+            };
+            if let Some(w) = deep.as_deref_mut() {
+                validate::span(span, at, w).at("spans", Some(index))?;
+            }
             parsed.spans.push(SpanRef {
                 range: (at, at + span.len()),
                 origin,
                 info,
             });
+            index += 1;
         }
     }
     if parsed.spans.len() > first_span {

@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use super::{GrpcServerSettings, HttpServerSettings, ReceiverSettings};
+use super::{DoorSettings, GrpcServerSettings, HttpServerSettings, ReceiverSettings};
+use crate::otlp::InvalidUtf8;
 use crate::yaml::{check_listen_endpoint, null_as_default, ConfigError};
 
 /// `receivers.otlp`.
@@ -10,6 +11,18 @@ use crate::yaml::{check_listen_endpoint, null_as_default, ConfigError};
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpReceiverConfig {
     pub protocols: ProtocolsConfig,
+    /// tailgate extension: what to do with a request whose strings are not valid UTF-8
+    /// (`repair`, the default: invalid sequences become U+FFFD; `refuse`: InvalidArgument / 400).
+    pub invalid_utf8: InvalidUtf8Config,
+}
+
+/// `receivers.otlp.invalid_utf8`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidUtf8Config {
+    #[default]
+    Repair,
+    Refuse,
 }
 
 /// `receivers.otlp.protocols`: a protocol is enabled by being present (even empty).
@@ -137,6 +150,12 @@ impl OtlpReceiverConfig {
                 traces_path: h.traces_url_path.clone(),
                 body_limit: h.body_limit(),
             }),
+            door: DoorSettings {
+                invalid_utf8: match self.invalid_utf8 {
+                    InvalidUtf8Config::Repair => InvalidUtf8::Repair,
+                    InvalidUtf8Config::Refuse => InvalidUtf8::Refuse,
+                },
+            },
         })
     }
 }

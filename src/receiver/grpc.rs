@@ -17,7 +17,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::{GrpcServerSettings, Intake, RefuseError, Transport};
+use super::{Door, GrpcServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::{
     RawBytesCodec, Refusal, TraceConsumer, EXPORT_PATH, FORWARDED_HEADER, LEAVING_MESSAGE,
@@ -133,10 +133,11 @@ pub async fn serve_grpc(
     consumer: Arc<dyn TraceConsumer>,
     receiver: &str,
     settings: &GrpcServerSettings,
+    door: Arc<Door>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let service = TraceServiceServer {
-        intake: Arc::new(Intake::new(consumer, receiver, Transport::Grpc)),
+        intake: Arc::new(Intake::new(consumer, receiver, Transport::Grpc, door)),
         max_message_bytes: settings.max_message_bytes,
     };
     let incoming = tokio_stream_listener(listener);

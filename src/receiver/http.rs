@@ -17,7 +17,7 @@ use axum::Router;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{HttpServerSettings, Intake, RefuseError, Transport};
+use super::{Door, HttpServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::json::json_to_protobuf;
 use crate::otlp::proto::google_rpc;
@@ -42,10 +42,11 @@ pub async fn serve_http(
     consumer: Arc<dyn TraceConsumer>,
     receiver: &str,
     settings: &HttpServerSettings,
+    door: Arc<Door>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = HttpState {
-        intake: Arc::new(Intake::new(consumer, receiver, Transport::Http)),
+        intake: Arc::new(Intake::new(consumer, receiver, Transport::Http, door)),
         body_limit: settings.body_limit,
     };
     let router = Router::new()
@@ -175,7 +176,7 @@ async fn read_body(
         Encoding::Json => json_to_protobuf(&body).map_err(|e| {
             Rejection::new(
                 StatusCode::BAD_REQUEST,
-                "malformed",
+                "malformed_json",
                 format!("malformed OTLP JSON: {e}"),
             )
         }),

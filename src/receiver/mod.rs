@@ -16,8 +16,8 @@ use std::sync::Arc;
 pub use grpc::serve_grpc;
 pub use http::serve_http;
 
-use crate::otlp::{parse_export_request, Incoming, Refusal, TraceConsumer, WireError};
-use crate::telemetry::catalog;
+use crate::otlp::{admit, Admitted, Incoming, Invalid, InvalidUtf8, Refusal, TraceConsumer};
+use crate::telemetry::{catalog, LogEvery};
 
 /// `receivers.otlp`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,29 @@ pub struct ReceiverSettings {
     pub name: String,
     pub grpc: Option<GrpcServerSettings>,
     pub http: Option<HttpServerSettings>,
+    /// What the door does with what arrives, for both protocols.
+    pub door: DoorSettings,
+}
+
+/// The receiver-wide door rules (`receivers.otlp` keys that are tailgate extensions).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DoorSettings {
+    /// `invalid_utf8`: repair (default) or refuse.
+    pub invalid_utf8: InvalidUtf8,
+}
+
+/// One receiver's door, shared by its gRPC and HTTP servers.
+#[derive(Debug)]
+pub struct Door {
+    invalid_utf8: InvalidUtf8,
+}
+
+impl Door {
+    pub fn new(settings: &DoorSettings) -> Arc<Door> {
+        Arc::new(Door {
+            invalid_utf8: settings.invalid_utf8,
+        })
+    }
 }
 
 /// `protocols.grpc`, validated.
@@ -67,7 +90,7 @@ impl Transport {
 #[derive(Debug, thiserror::Error)]
 pub enum RefuseError {
     #[error("malformed OTLP request: {0}")]
-    Malformed(#[from] WireError),
+    Malformed(#[from] Invalid),
     #[error(transparent)]
     Refused(#[from] Refusal),
 }
@@ -75,34 +98,80 @@ pub enum RefuseError {
 /// One transport's door: validation, counting, and the consumer behind it.
 pub(crate) struct Intake {
     consumer: Arc<dyn TraceConsumer>,
+    door: Arc<Door>,
+    transport: Transport,
     accepted: metrics::Counter,
     refused: metrics::Counter,
-    malformed: metrics::Counter,
+    repaired: metrics::Counter,
+    malformed_log: LogEvery,
+    repaired_log: LogEvery,
 }
 
 impl Intake {
-    fn new(consumer: Arc<dyn TraceConsumer>, receiver: &str, transport: Transport) -> Self {
+    fn new(
+        consumer: Arc<dyn TraceConsumer>,
+        receiver: &str,
+        transport: Transport,
+        door: Arc<Door>,
+    ) -> Self {
         let t = transport.label();
         Self {
             consumer,
+            door,
+            transport,
             accepted: catalog::RECEIVER_ACCEPTED_SPANS.counter(&[receiver, t]),
             refused: catalog::RECEIVER_REFUSED_SPANS.counter(&[receiver, t]),
-            malformed: catalog::RECEIVER_REJECTED_REQUESTS.counter(&[t, "malformed"]),
+            repaired: catalog::RECEIVER_REPAIRED_SPANS.counter(&[receiver, t]),
+            malformed_log: LogEvery::new(std::time::Duration::from_secs(10)),
+            repaired_log: LogEvery::new(std::time::Duration::from_secs(10)),
         }
     }
 
     /// Validates a request body and hands its spans on. Returns the number of spans accepted.
     /// `hops` is the request's `tailgate-forwarded` count (0 from a client).
     pub(crate) async fn accept(&self, body: &[u8], hops: u32) -> Result<usize, RefuseError> {
-        let parsed = match parse_export_request(body) {
-            Ok(p) => p,
+        let admitted = match admit(body, self.door.invalid_utf8) {
+            Ok(admitted) => admitted,
             Err(e) => {
-                self.malformed.increment(1);
+                catalog::RECEIVER_REJECTED_REQUESTS
+                    .counter(&[self.transport.label(), e.reason()])
+                    .increment(1);
+                if self.malformed_log.ready() {
+                    tracing::warn!(
+                        transport = self.transport.label(),
+                        reason = e.reason(),
+                        "refused a malformed request: {e} (logged at most every 10 s)"
+                    );
+                }
                 return Err(e.into());
             }
         };
+        let (body, parsed) = match admitted {
+            Admitted::Sound(parsed) => (std::borrow::Cow::Borrowed(body), parsed),
+            Admitted::Repaired {
+                body,
+                parsed,
+                spans,
+            } => {
+                self.repaired.increment(spans as u64);
+                if self.repaired_log.ready() {
+                    tracing::warn!(
+                        transport = self.transport.label(),
+                        spans,
+                        "replaced invalid UTF-8 with U+FFFD in a request's strings (set \
+                         receivers.otlp.invalid_utf8: refuse to refuse such requests; logged \
+                         at most every 10 s)"
+                    );
+                }
+                (std::borrow::Cow::Owned(body), parsed)
+            }
+        };
         let spans = parsed.spans.len();
-        let request = Incoming { body, parsed, hops };
+        let request = Incoming {
+            body: &body,
+            parsed,
+            hops,
+        };
         if let Err(refusal) = self.consumer.consume(request).await {
             self.refused.increment(spans as u64);
             return Err(refusal.into());
