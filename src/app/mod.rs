@@ -148,7 +148,7 @@ async fn start_receivers(
     let mut tasks = Vec::new();
     for receiver in &settings.receivers {
         let name = receiver.name.clone();
-        let door = Door::new(&receiver.door);
+        let door = Door::new(&name, &receiver.door);
         if let Some(grpc) = &receiver.grpc {
             let listener = bind(&format!("{name} grpc"), &grpc.endpoint).await?;
             tracing::info!(receiver = %name, endpoint = %local(&listener), "OTLP/gRPC receiver listening");

@@ -155,7 +155,7 @@ impl Walk {
 
     #[inline(always)]
     fn text(&mut self, s: &[u8], at: usize) -> Step {
-        if s.is_ascii() || std::str::from_utf8(s).is_ok() {
+        if is_text(s) {
             return Ok(());
         }
         self.bad_text(at)
@@ -207,6 +207,102 @@ pub fn admit(body: &[u8], utf8: InvalidUtf8) -> Result<Admitted, Invalid> {
 }
 
 // ---- the per-message walkers (hot path) ----
+
+/// Whether `s` is valid UTF-8 (ASCII checked first: almost every string is).
+#[inline(always)]
+pub(crate) fn is_text(s: &[u8]) -> bool {
+    s.is_ascii() || std::str::from_utf8(s).is_ok()
+}
+
+/// A length of one or two varint bytes at `pos` and the position after it.
+#[inline(always)]
+fn short_len(buf: &[u8], pos: usize) -> Option<(usize, usize)> {
+    let b0 = *buf.get(pos)?;
+    if b0 < 0x80 {
+        return Some((usize::from(b0), pos + 1));
+    }
+    let b1 = *buf.get(pos + 1)?;
+    if b1 < 0x80 {
+        return Some((usize::from(b0 & 0x7f) | (usize::from(b1) << 7), pos + 2));
+    }
+    None
+}
+
+/// The value of a short length-delimited field whose length is at `pos`, and the position after
+/// it.
+#[inline(always)]
+fn short_field(buf: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let (len, start) = short_len(buf, pos)?;
+    let end = start.checked_add(len).filter(|&end| end <= buf.len())?;
+    Some((&buf[start..end], end))
+}
+
+/// A `KeyValue` as SDKs write it (one-byte keys, short lengths, a scalar or string value):
+/// `Some` when it is sound, `None` for anything the general walker must judge.
+#[inline(always)]
+pub(crate) fn key_value_fast(kv: &[u8]) -> Option<()> {
+    let mut pos = 0;
+    while pos < kv.len() {
+        let key = kv[pos];
+        let (value, end) = match key {
+            0x0a | 0x12 => short_field(kv, pos + 1)?,
+            _ => return None,
+        };
+        if key == 0x0a {
+            if !is_text(value) {
+                return None;
+            }
+        } else {
+            any_value_fast(value)?;
+        }
+        pos = end;
+    }
+    Some(())
+}
+
+/// An `AnyValue` holding a string, bool, int, double or bytes (arrays and kvlists take the
+/// general walker).
+#[inline(always)]
+fn any_value_fast(v: &[u8]) -> Option<()> {
+    let mut pos = 0;
+    while pos < v.len() {
+        let key = v[pos];
+        pos += 1;
+        match key {
+            0x0a | 0x3a => {
+                let (s, end) = short_field(v, pos)?;
+                if key == 0x0a && !is_text(s) {
+                    return None;
+                }
+                pos = end;
+            }
+            0x10 | 0x18 | 0x40 => {
+                // A varint of at most 9 bytes (the 10th byte's overflow rule is the general
+                // walker's to judge).
+                let mut i = 0;
+                loop {
+                    let byte = *v.get(pos + i)?;
+                    i += 1;
+                    if byte < 0x80 {
+                        break;
+                    }
+                    if i == 9 {
+                        return None;
+                    }
+                }
+                pos += i;
+            }
+            0x21 => {
+                pos += 8;
+                if pos > v.len() {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
 
 /// A list of `KeyValue`s, one per occurrence of an `attributes` field, is checked item by item.
 #[inline]
@@ -322,7 +418,7 @@ pub(crate) fn span(s: &[u8], base: usize, w: &mut Walk) -> Step {
     Ok(())
 }
 
-fn event(e: &[u8], base: usize, w: &mut Walk) -> Step {
+pub(crate) fn event(e: &[u8], base: usize, w: &mut Walk) -> Step {
     let mut attributes = 0;
     let mut fields = FieldReader::at(e, base);
     while let Some((field, value, at)) = fields.next()? {
@@ -348,7 +444,7 @@ fn event(e: &[u8], base: usize, w: &mut Walk) -> Step {
     Ok(())
 }
 
-fn link(l: &[u8], base: usize, w: &mut Walk) -> Step {
+pub(crate) fn link(l: &[u8], base: usize, w: &mut Walk) -> Step {
     let mut attributes = 0;
     let mut fields = FieldReader::at(l, base);
     while let Some((field, value, at)) = fields.next()? {
@@ -393,7 +489,7 @@ fn link(l: &[u8], base: usize, w: &mut Walk) -> Step {
     Ok(())
 }
 
-fn status(st: &[u8], base: usize, w: &mut Walk) -> Step {
+pub(crate) fn status(st: &[u8], base: usize, w: &mut Walk) -> Step {
     let mut fields = FieldReader::at(st, base);
     while let Some((field, value, at)) = fields.next()? {
         match (field, value) {

@@ -48,6 +48,7 @@ pub enum Value<'a> {
 
 /// Iterates the top-level fields of one encoded message. Offsets in errors are relative to `base`,
 /// the message's position in the whole request, so an error points at the byte in the body.
+#[derive(Clone)]
 pub struct FieldReader<'a> {
     buf: &'a [u8],
     pos: usize,

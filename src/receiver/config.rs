@@ -14,6 +14,9 @@ pub struct OtlpReceiverConfig {
     /// tailgate extension: what to do with a request whose strings are not valid UTF-8
     /// (`repair`, the default: invalid sequences become U+FFFD; `refuse`: InvalidArgument / 400).
     pub invalid_utf8: InvalidUtf8Config,
+    /// tailgate extension: request bodies (as received and decoded) held at once, in MiB, over
+    /// both protocols; past it clients are told to retry (UNAVAILABLE / 503). Default 256.
+    pub max_in_flight_mib: Option<u64>,
 }
 
 /// `receivers.otlp.invalid_utf8`.
@@ -136,6 +139,25 @@ impl OtlpReceiverConfig {
                 ));
             }
         }
+        let in_flight_mib = self
+            .max_in_flight_mib
+            .unwrap_or(super::DEFAULT_MAX_IN_FLIGHT_MIB as u64);
+        let largest_request = p
+            .grpc
+            .iter()
+            .map(|g| g.max_recv_msg_size_mib * 1024 * 1024)
+            .chain(p.http.iter().map(|h| h.body_limit() as u64))
+            .max()
+            .unwrap_or(0);
+        if in_flight_mib.saturating_mul(1024 * 1024) < largest_request {
+            errors.push(ConfigError::new(
+                format!("{path}.max_in_flight_mib"),
+                format!(
+                    "{in_flight_mib} MiB is less than the largest request a protocol accepts \
+                     ({largest_request} bytes); such a request could never be taken"
+                ),
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -155,6 +177,8 @@ impl OtlpReceiverConfig {
                     InvalidUtf8Config::Repair => InvalidUtf8::Repair,
                     InvalidUtf8Config::Refuse => InvalidUtf8::Refuse,
                 },
+                max_in_flight_bytes: (in_flight_mib.saturating_mul(1024 * 1024))
+                    .min(usize::MAX as u64) as usize,
             },
         })
     }

@@ -53,14 +53,20 @@ impl UnaryService<Bytes> for ExportHandler {
                     .map(|v| v.as_bytes()),
             );
             let body = request.into_inner();
-            match intake.accept(&body, hops).await {
+            let result = match intake.lease(body.len()) {
+                Ok(_lease) => intake.accept(&body, hops).await,
+                Err(busy) => Err(busy),
+            };
+            match result {
                 // An empty ExportTraceServiceResponse encodes to zero bytes.
                 Ok(_) => Ok(Response::new(Bytes::new())),
                 Err(e @ RefuseError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
                 Err(RefuseError::Refused(Refusal::Leaving)) => {
                     Err(Status::failed_precondition(LEAVING_MESSAGE))
                 }
-                Err(e @ RefuseError::Refused(_)) => Err(Status::unavailable(e.to_string())),
+                Err(e @ (RefuseError::Refused(_) | RefuseError::Busy)) => {
+                    Err(Status::unavailable(e.to_string()))
+                }
             }
         })
     }

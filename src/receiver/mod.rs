@@ -11,6 +11,7 @@ pub mod config;
 mod grpc;
 mod http;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub use grpc::serve_grpc;
@@ -31,23 +32,102 @@ pub struct ReceiverSettings {
 }
 
 /// The receiver-wide door rules (`receivers.otlp` keys that are tailgate extensions).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DoorSettings {
     /// `invalid_utf8`: repair (default) or refuse.
     pub invalid_utf8: InvalidUtf8,
+    /// `max_in_flight_mib`, in bytes: request bodies held at once, over both protocols.
+    pub max_in_flight_bytes: usize,
 }
 
-/// One receiver's door, shared by its gRPC and HTTP servers.
+impl Default for DoorSettings {
+    fn default() -> Self {
+        DoorSettings {
+            invalid_utf8: InvalidUtf8::Repair,
+            max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_MIB * 1024 * 1024,
+        }
+    }
+}
+
+/// The default `max_in_flight_mib`: a dozen maximum-size HTTP bodies (20 MiB each), sixty-four
+/// maximum-size gRPC messages.
+pub const DEFAULT_MAX_IN_FLIGHT_MIB: usize = 256;
+
+/// One receiver's door, shared by its gRPC and HTTP servers: the UTF-8 rule and the in-flight
+/// byte budget.
 #[derive(Debug)]
 pub struct Door {
     invalid_utf8: InvalidUtf8,
+    budget: Arc<InFlight>,
 }
 
 impl Door {
-    pub fn new(settings: &DoorSettings) -> Arc<Door> {
+    pub fn new(receiver: &str, settings: &DoorSettings) -> Arc<Door> {
         Arc::new(Door {
             invalid_utf8: settings.invalid_utf8,
+            budget: Arc::new(InFlight {
+                limit: settings.max_in_flight_bytes,
+                used: AtomicUsize::new(0),
+                gauge: catalog::RECEIVER_IN_FLIGHT_BYTES.gauge(&[receiver]),
+            }),
         })
+    }
+}
+
+/// The bytes of request bodies a receiver holds right now, against its limit. Taken before a
+/// body is read where its length is known (HTTP `Content-Length`), else as soon as it is, and
+/// given back when the request has been answered.
+#[derive(Debug)]
+struct InFlight {
+    limit: usize,
+    used: AtomicUsize,
+    gauge: metrics::Gauge,
+}
+
+/// Bytes taken from an [`InFlight`] budget, given back on drop.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    budget: Arc<InFlight>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn take(self: &Arc<Self>, bytes: usize) -> Option<Lease> {
+        let mut lease = Lease {
+            budget: Arc::clone(self),
+            bytes: 0,
+        };
+        lease.grow(bytes).then_some(lease)
+    }
+}
+
+impl Lease {
+    /// Takes `bytes` more; false (taking nothing) when that would pass the limit.
+    pub(crate) fn grow(&mut self, bytes: usize) -> bool {
+        let budget = &self.budget;
+        let taken = budget
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|&total| total <= budget.limit)
+            });
+        match taken {
+            Ok(before) => {
+                self.bytes += bytes;
+                budget.gauge.set((before + bytes) as f64);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            let before = self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+            self.budget.gauge.set((before - self.bytes) as f64);
+        }
     }
 }
 
@@ -93,6 +173,8 @@ pub enum RefuseError {
     Malformed(#[from] Invalid),
     #[error(transparent)]
     Refused(#[from] Refusal),
+    #[error("the receiver holds max_in_flight_mib of requests already; retry later")]
+    Busy,
 }
 
 /// One transport's door: validation, counting, and the consumer behind it.
@@ -103,8 +185,10 @@ pub(crate) struct Intake {
     accepted: metrics::Counter,
     refused: metrics::Counter,
     repaired: metrics::Counter,
+    throttled: metrics::Counter,
     malformed_log: LogEvery,
     repaired_log: LogEvery,
+    throttled_log: LogEvery,
 }
 
 impl Intake {
@@ -122,9 +206,39 @@ impl Intake {
             accepted: catalog::RECEIVER_ACCEPTED_SPANS.counter(&[receiver, t]),
             refused: catalog::RECEIVER_REFUSED_SPANS.counter(&[receiver, t]),
             repaired: catalog::RECEIVER_REPAIRED_SPANS.counter(&[receiver, t]),
+            throttled: catalog::RECEIVER_THROTTLED_REQUESTS.counter(&[receiver, t]),
             malformed_log: LogEvery::new(std::time::Duration::from_secs(10)),
             repaired_log: LogEvery::new(std::time::Duration::from_secs(10)),
+            throttled_log: LogEvery::new(std::time::Duration::from_secs(10)),
         }
+    }
+
+    /// Takes `bytes` of the receiver's in-flight budget, or refuses the request as busy
+    /// (retryable), counted.
+    pub(crate) fn lease(&self, bytes: usize) -> Result<Lease, RefuseError> {
+        self.door.budget.take(bytes).ok_or_else(|| self.busy())
+    }
+
+    /// Grows a lease by `bytes`, or refuses the request as busy.
+    pub(crate) fn grow(&self, lease: &mut Lease, bytes: usize) -> Result<(), RefuseError> {
+        if lease.grow(bytes) {
+            Ok(())
+        } else {
+            Err(self.busy())
+        }
+    }
+
+    fn busy(&self) -> RefuseError {
+        self.throttled.increment(1);
+        if self.throttled_log.ready() {
+            tracing::warn!(
+                transport = self.transport.label(),
+                limit_bytes = self.door.budget.limit,
+                "refused a request with a retryable status: max_in_flight_mib of requests are \
+                 being processed (logged at most every 10 s)"
+            );
+        }
+        RefuseError::Busy
     }
 
     /// Validates a request body and hands its spans on. Returns the number of spans accepted.

@@ -457,3 +457,61 @@ pub(crate) fn check_property(body: &[u8]) {
         }
     }
 }
+
+/// The one-pass fast path takes a span only when the general walkers would pass it unchanged,
+/// with the same summary: every span of the test request, and thousands of mutations of them.
+#[test]
+fn the_fast_span_check_agrees_with_the_general_walkers() {
+    use crate::otlp::request::{check_span_fast, read_span};
+    let body = body();
+    let parsed = parse_export_request(&body).unwrap();
+    let mut spans: Vec<&[u8]> = parsed
+        .spans
+        .iter()
+        .map(|s| &body[s.range.0..s.range.1])
+        .collect();
+    // Spans whose attributes are all scalars or strings, as most are.
+    let plain: Vec<Vec<u8>> = (1..5u8)
+        .map(|n| {
+            let mut span = span(n, false);
+            span.attributes.truncate(2);
+            span.encode_to_vec()
+        })
+        .collect();
+    spans.extend(plain.iter().map(Vec::as_slice));
+    let agree = |span: &[u8]| {
+        if let Some(info) = check_span_fast(span, 100) {
+            assert_eq!(read_span(span, 100), Ok(info), "{span:?}");
+            let mut walk = Walk::new(InvalidUtf8::Refuse);
+            assert_eq!(
+                super::span(span, 100, &mut walk).map_err(|e| e.to_string()),
+                Ok(()),
+                "{span:?}"
+            );
+            true
+        } else {
+            false
+        }
+    };
+    for span in &plain {
+        assert!(agree(span), "a span as SDKs write it takes the fast path");
+    }
+    for span in &spans {
+        agree(span);
+    }
+    let mut rng = Rng(0xfa57_0000_0000_0001);
+    let mut fast = 0;
+    for i in 0..20_000 {
+        let mut span = spans[i % spans.len()].to_vec();
+        let at = rng.below(span.len());
+        match rng.below(3) {
+            0 => span[at] ^= 1 << rng.below(8),
+            1 => span[at] = rng.next() as u8,
+            _ => span.truncate(at),
+        }
+        if agree(&span) {
+            fast += 1;
+        }
+    }
+    assert!(fast > 0);
+}
