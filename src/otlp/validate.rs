@@ -596,6 +596,12 @@ pub(crate) fn text(s: &[u8], at: usize, w: &mut Walk) -> Step {
 
 // ---- repair (rare path, table-driven) ----
 
+/// Whether a structurally sound encoded `Span` has a string that is not valid UTF-8 anywhere in
+/// it (what a repair changes). For tests and the fuzz targets' property checks.
+pub fn span_has_invalid_utf8(span: &[u8]) -> bool {
+    has_bad_utf8(span, &schema::SPAN)
+}
+
 /// Whether any `string` field in `msg` (a `schema` message, structurally sound) or below it is
 /// invalid UTF-8.
 fn has_bad_utf8(msg: &[u8], schema: &MessageSchema) -> bool {
