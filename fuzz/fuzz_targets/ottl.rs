@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, ArrayValue as Array, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::Event;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
@@ -43,7 +43,7 @@ fn trace() -> &'static (Vec<u8>, Vec<Chunk>) {
                 kv("raw", BytesValue(vec![1, 2])),
                 kv(
                     "list",
-                    ArrayValue(ArrayValue {
+                    ArrayValue(Array {
                         values: vec![AnyValue {
                             value: Some(IntValue(1)),
                         }],

@@ -45,8 +45,9 @@ pub use consumer::{
 };
 pub use group::{encode_chunks, Chunk, EncodedBatch, RequestBuilder, SpanBatch};
 pub use request::{
-    parse_export_request, read_span, status, Origin, ParsedRequest, SpanInfo, SpanRef,
+    admit, parse_export_request, read_span, status, Admitted, Origin, ParsedRequest, SpanInfo,
+    SpanRef,
 };
 pub use summary::SpanSummary;
-pub use validate::{admit, Admitted, Invalid, InvalidUtf8};
+pub use validate::{Invalid, InvalidUtf8};
 pub use wire::{FieldReader, Value, WireError};

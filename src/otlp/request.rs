@@ -7,7 +7,8 @@
 
 use bytes::Bytes;
 
-use super::validate::{self, At, Invalid, Walk};
+use super::schema;
+use super::validate::{self, At, Invalid, InvalidUtf8, Walk};
 use super::wire::{bad_type, wire_type_of, FieldReader, Value, WireError};
 use super::TraceId;
 
@@ -192,16 +193,12 @@ pub(crate) fn check_span_fast(span: &[u8], base: usize) -> Option<SpanInfo> {
                         info.is_root = len == 0;
                     }
                     // trace_state, name
-                    0x1a | 0x2a => {
-                        if !validate::is_text(value) {
-                            return None;
-                        }
-                    }
+                    0x1a | 0x2a if !validate::is_text(value) => return None,
                     0x4a => validate::key_value_fast(value)?,
                     0x5a | 0x6a | 0x7a => {
                         // Events, links and status are rarer: the general walkers, any fault
                         // (or UTF-8 to repair) sending the whole span down the general path.
-                        let mut walk = Walk::new(validate::InvalidUtf8::Refuse);
+                        let mut walk = Walk::new(InvalidUtf8::Refuse);
                         let at = base + start;
                         let checked = match key {
                             0x5a => validate::event(value, at, &mut walk),
@@ -372,6 +369,42 @@ pub struct SpanRef {
 pub struct ParsedRequest {
     pub origins: Vec<Origin>,
     pub spans: Vec<SpanRef>,
+}
+
+/// A request the door accepted.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Sound as sent: the spans refer into the body as received.
+    Sound(ParsedRequest),
+    /// Invalid UTF-8 was repaired: the spans refer into `body`, the repaired request.
+    Repaired {
+        body: Vec<u8>,
+        parsed: ParsedRequest,
+        /// Spans whose own bytes, resource or scope were repaired.
+        spans: usize,
+    },
+}
+
+/// Validates a request body whole at the door (see [`super::validate`]): every nested message,
+/// wire type and string; invalid UTF-8 repaired or refused as `utf8` says.
+pub fn admit(body: &[u8], utf8: InvalidUtf8) -> Result<Admitted, Invalid> {
+    let mut walk = Walk::new(utf8);
+    let parsed = walk_request(body, Some(&mut walk)).map_err(|e| *e)?;
+    if !walk.bad_utf8 {
+        return Ok(Admitted::Sound(parsed));
+    }
+    drop(parsed);
+    let spans = validate::count_repaired_spans(body);
+    let mut repaired = Vec::with_capacity(body.len() + 64);
+    validate::repair_message(body, &schema::EXPORT_REQUEST, &mut repaired);
+    // The repaired body must pass with UTF-8 refused; if it did not, refusing is the safe answer.
+    let mut walk = Walk::new(InvalidUtf8::Refuse);
+    let parsed = walk_request(&repaired, Some(&mut walk)).map_err(|e| *e)?;
+    Ok(Admitted::Repaired {
+        body: repaired,
+        parsed,
+        spans,
+    })
 }
 
 /// Walks an `ExportTraceServiceRequest` for its spans and origins, checking the framing down to

@@ -1,4 +1,4 @@
-//! Validation at the door: [`admit`] walks a whole `ExportTraceServiceRequest` (every nested
+//! Validation at the door: [`super::request::admit`] walks a whole `ExportTraceServiceRequest` (every nested
 //! message's framing, the wire type of every known field, the UTF-8 of every `string`) before any
 //! of it is accepted, so what tailgate forwards a strict backend (prost, Python's and Go's
 //! protobuf) accepts, and one client's bad span never makes a backend refuse a batch that
@@ -20,15 +20,10 @@
 
 use std::fmt;
 
-use super::request::{walk_request, ParsedRequest};
 use super::schema::{self, Kind, MessageSchema};
 use super::wire::{bad_type, put_varint, FieldReader, Value, WireError};
 
-/// How deep attribute values may nest (`AnyValue` inside arrays and kvlists, the attribute's own
-/// value counting as 1). prost and Python's protobuf stop decoding at 100 nested messages; a span
-/// attribute's value is the 6th message down and each kvlist level adds 3, so 20 keeps every
-/// accepted request well inside what strict decoders take.
-pub const MAX_VALUE_DEPTH: u32 = 20;
+pub use super::wire::MAX_VALUE_DEPTH;
 
 /// What the door does with invalid UTF-8 in `string` fields (`receivers.otlp.invalid_utf8`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -169,41 +164,6 @@ impl Walk {
         self.bad_utf8 = true;
         Ok(())
     }
-}
-
-/// A request the door accepted.
-#[derive(Debug)]
-pub enum Admitted {
-    /// Sound as sent: the spans refer into the body as received.
-    Sound(ParsedRequest),
-    /// Invalid UTF-8 was repaired: the spans refer into `body`, the repaired request.
-    Repaired {
-        body: Vec<u8>,
-        parsed: ParsedRequest,
-        /// Spans whose own bytes, resource or scope were repaired.
-        spans: usize,
-    },
-}
-
-/// Validates a request body whole; see the module docs.
-pub fn admit(body: &[u8], utf8: InvalidUtf8) -> Result<Admitted, Invalid> {
-    let mut walk = Walk::new(utf8);
-    let parsed = walk_request(body, Some(&mut walk)).map_err(|e| *e)?;
-    if !walk.bad_utf8 {
-        return Ok(Admitted::Sound(parsed));
-    }
-    drop(parsed);
-    let spans = count_repaired_spans(body);
-    let mut repaired = Vec::with_capacity(body.len() + 64);
-    repair_message(body, &schema::EXPORT_REQUEST, &mut repaired);
-    // The repaired body must pass with UTF-8 refused; if it did not, refusing is the safe answer.
-    let mut walk = Walk::new(InvalidUtf8::Refuse);
-    let parsed = walk_request(&repaired, Some(&mut walk)).map_err(|e| *e)?;
-    Ok(Admitted::Repaired {
-        body: repaired,
-        parsed,
-        spans,
-    })
 }
 
 // ---- the per-message walkers (hot path) ----
@@ -449,25 +409,22 @@ pub(crate) fn link(l: &[u8], base: usize, w: &mut Walk) -> Step {
     let mut fields = FieldReader::at(l, base);
     while let Some((field, value, at)) = fields.next()? {
         match (field, value) {
-            (1, Value::Len(id)) => {
-                // Decoders that type IDs (the Collector's pdata) refuse any other length.
-                if !id.is_empty() && id.len() != 16 {
-                    let error = WireError::LinkIdLength {
-                        field: "trace_id",
-                        len: id.len(),
-                    };
-                    return fail(error, "trace_id", None);
-                }
+            // Decoders that type IDs (the Collector's pdata) refuse any other length.
+            (1, Value::Len(id)) if !id.is_empty() && id.len() != 16 => {
+                let error = WireError::LinkIdLength {
+                    field: "trace_id",
+                    len: id.len(),
+                };
+                return fail(error, "trace_id", None);
             }
-            (2, Value::Len(id)) => {
-                if !id.is_empty() && id.len() != 8 {
-                    let error = WireError::LinkIdLength {
-                        field: "span_id",
-                        len: id.len(),
-                    };
-                    return fail(error, "span_id", None);
-                }
+            (2, Value::Len(id)) if !id.is_empty() && id.len() != 8 => {
+                let error = WireError::LinkIdLength {
+                    field: "span_id",
+                    len: id.len(),
+                };
+                return fail(error, "span_id", None);
             }
+            (1 | 2, Value::Len(_)) => {}
             (3, Value::Len(t)) => w.text(t, at).at("trace_state", None)?,
             (4, Value::Len(kv)) => {
                 key_value(kv, at, w, 0).at("attributes", Some(attributes))?;
@@ -621,7 +578,7 @@ fn has_bad_utf8(msg: &[u8], schema: &MessageSchema) -> bool {
 
 /// Writes `msg` (a sound `schema` message) to `out` with every invalid UTF-8 sequence replaced by
 /// U+FFFD and the messages around it re-framed; fields without damage are copied byte for byte.
-fn repair_message(msg: &[u8], schema: &MessageSchema, out: &mut Vec<u8>) {
+pub(crate) fn repair_message(msg: &[u8], schema: &MessageSchema, out: &mut Vec<u8>) {
     let mut fields = FieldReader::new(msg);
     loop {
         let start = fields.offset();
@@ -657,7 +614,7 @@ fn repair_message(msg: &[u8], schema: &MessageSchema, out: &mut Vec<u8>) {
 
 /// The spans of a sound request that a repair changes: those with damage of their own, and every
 /// span under a damaged resource or scope.
-fn count_repaired_spans(body: &[u8]) -> usize {
+pub(crate) fn count_repaired_spans(body: &[u8]) -> usize {
     let mut count = 0;
     for resource_spans in nested(body, 1) {
         let resource_bad = nested(resource_spans, 1).any(|r| has_bad_utf8(r, &schema::RESOURCE))

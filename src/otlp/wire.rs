@@ -4,6 +4,12 @@
 
 use bytes::BufMut;
 
+/// How deep attribute values may nest (`AnyValue` inside arrays and kvlists, the attribute's own
+/// value counting as 1). prost and Python's protobuf stop decoding at 100 nested messages; a span
+/// attribute's value is the 6th message down and each kvlist level adds 3, so 20 keeps every
+/// accepted request well inside what strict decoders take.
+pub const MAX_VALUE_DEPTH: u32 = 20;
+
 /// Why a request body is not a valid OTLP trace export request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -33,7 +39,7 @@ pub enum WireError {
     LinkIdLength { field: &'static str, len: usize },
     #[error("string is not valid UTF-8 at byte {0}")]
     InvalidUtf8(usize),
-    #[error("attribute value nested more than {max} levels deep at byte {0}", max = super::validate::MAX_VALUE_DEPTH)]
+    #[error("attribute value nested more than {max} levels deep at byte {0}", max = MAX_VALUE_DEPTH)]
     TooDeep(usize),
 }
 

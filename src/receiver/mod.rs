@@ -1,11 +1,14 @@
 //! The OTLP receiver: gRPC (`TraceService/Export`) and HTTP (`POST /v1/traces`, protobuf or
 //! JSON), both handing requests to a [`TraceConsumer`] they know nothing else about.
 //!
-//! Request bodies are taken as bytes and walked by [`crate::otlp::parse_export_request`], never
+//! Request bodies are taken as bytes and validated whole by [`crate::otlp::admit`], never
 //! decoded into structs (JSON is converted to protobuf once at the door). A request is validated
-//! whole before any of it is handed on: a malformed one is rejected with InvalidArgument / HTTP
-//! 400, an oversized one with ResourceExhausted / HTTP 413, and the process keeps serving. A
-//! consumer's [`Refusal`] becomes a retryable status (UNAVAILABLE / 503).
+//! whole before any of it is handed on: structural damage is rejected with InvalidArgument /
+//! HTTP 400 naming the field path (counted by reason), invalid UTF-8 is repaired or refused as
+//! `invalid_utf8` says, an oversized body is rejected with ResourceExhausted / HTTP 413, and the
+//! process keeps serving. The [`Door`] shared by a receiver's two servers also bounds the bytes
+//! of request bodies held at once (`max_in_flight_mib`): past it a request is refused as busy,
+//! retryably. A consumer's [`Refusal`] becomes a retryable status (UNAVAILABLE / 503).
 
 pub mod config;
 mod grpc;

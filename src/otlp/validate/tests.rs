@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::*;
 use crate::otlp::parse_export_request;
+use crate::otlp::request::{admit, Admitted, ParsedRequest};
 use crate::otlp::testing::{array, int, kv, kvlist, text};
 
 /// Where the damage goes: `resource_spans[1].scope_spans[0].spans[2]` (and its resource and
