@@ -297,3 +297,28 @@ impl Intake {
         Ok(spans)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_flight_budget_is_taken_grown_refused_and_given_back() {
+        let door = Door::new(
+            "test-budget",
+            &DoorSettings {
+                max_in_flight_bytes: 100,
+                ..DoorSettings::default()
+            },
+        );
+        let budget = &door.budget;
+        let mut first = budget.take(60).expect("60 of 100");
+        assert!(budget.take(41).is_none(), "60 + 41 is past the limit");
+        assert!(!first.grow(41), "growing past the limit takes nothing");
+        assert!(first.grow(40), "exactly the limit is allowed");
+        assert!(budget.take(1).is_none());
+        drop(first);
+        assert_eq!(budget.used.load(Ordering::Acquire), 0, "all given back");
+        let _second = budget.take(100).expect("the whole budget again");
+    }
+}
