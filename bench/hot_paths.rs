@@ -1,7 +1,9 @@
 //! Criterion benchmarks of the sampler tier's hot paths, on requests shaped like the load
 //! generator's: 512 spans of about 500 encoded bytes with ten attributes, 8 spans per trace.
 //!
-//! - `walk_request`: validating a request and finding every span (the receiver's work per request);
+//! - `walk_request`: finding every span and its summary (the walk without deep validation);
+//! - `validate_request`: the door's full walk (`otlp::admit`): every nested message, wire type and
+//!   string checked, plus the spans found (the receiver's work per request);
 //! - `buffer_ingest`: walking plus grouping by trace, copying into stored chunks (with span
 //!   summaries) and inserting; `buffer_ingest_zstd` the same with `buffer_compression: zstd` (after
 //!   the dictionary is trained);
@@ -22,7 +24,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 
-use tailgate::otlp::{encode_chunks, parse_export_request, Chunk};
+use tailgate::otlp::{admit, encode_chunks, parse_export_request, Admitted, Chunk, InvalidUtf8};
 use tailgate::policy::{PolicyConfig, PolicySet, TraceView};
 use tailgate::sampler::{BufferCompression, BufferSettings, TraceBuffer};
 
@@ -146,6 +148,13 @@ fn hot_paths(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SPANS as u64));
     group.bench_function("walk_request", |b| {
         b.iter(|| parse_export_request(&body).unwrap().spans.len())
+    });
+    // The door's full walk: every nested message, wire type and string (what a receiver runs).
+    group.bench_function("validate_request", |b| {
+        b.iter(|| match admit(&body, InvalidUtf8::Repair).unwrap() {
+            Admitted::Sound(parsed) => parsed.spans.len(),
+            Admitted::Repaired { .. } => unreachable!("the bench request is sound"),
+        })
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -24,7 +24,7 @@ use crate::balancer::Balancer;
 use crate::config::{Role, Settings};
 use crate::exporter::{Exporter, PassThrough, Pipeline};
 use crate::otlp::TraceConsumer;
-use crate::receiver::{serve_grpc, serve_http};
+use crate::receiver::{serve_grpc, serve_http, Door};
 use crate::sampler::Sampler;
 use crate::telemetry::{self, Health};
 pub use reload::Reload;
@@ -130,17 +130,19 @@ async fn start_receivers(
     let mut tasks = Vec::new();
     for receiver in &settings.receivers {
         let name = receiver.name.clone();
+        let door = Door::new(&name, &receiver.door);
         if let Some(grpc) = &receiver.grpc {
             let listener = bind(&format!("{name} grpc"), &grpc.endpoint).await?;
             tracing::info!(receiver = %name, endpoint = %local(&listener), "OTLP/gRPC receiver listening");
-            let (consumer, stop, grpc, name) = (
+            let (consumer, stop, grpc, name, door) = (
                 Arc::clone(consumer),
                 stop.clone(),
                 grpc.clone(),
                 name.clone(),
+                Arc::clone(&door),
             );
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = serve_grpc(listener, consumer, &name, &grpc, stop).await {
+                if let Err(e) = serve_grpc(listener, consumer, &name, &grpc, door, stop).await {
                     tracing::error!("OTLP/gRPC receiver failed: {e}");
                 }
             }));
@@ -150,7 +152,7 @@ async fn start_receivers(
             tracing::info!(receiver = %name, endpoint = %local(&listener), "OTLP/HTTP receiver listening");
             let (consumer, stop, http) = (Arc::clone(consumer), stop.clone(), http.clone());
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = serve_http(listener, consumer, &name, &http, stop).await {
+                if let Err(e) = serve_http(listener, consumer, &name, &http, door, stop).await {
                     tracing::error!("OTLP/HTTP receiver failed: {e}");
                 }
             }));

@@ -49,6 +49,10 @@ Options:
   --batch <SPANS>              spans per request [default: 512]
   --spans-per-trace <N>        spans in each trace [default: 8]
   --requests-per-trace <N>     requests each trace is spread over, at most spans-per-trace [default: 4]
+  --resources-per-request <N>  resources (services) each request's spans are split over [default: 1]
+  --span-bytes <N>             approximate encoded size of each span: attributes are dropped or a
+                               padding attribute added to get within a few bytes of it, at least
+                               about 150 [default: as built, about 500]
   --concurrency <N>            requests in flight, one connection each [default: 4]
   --total <SPANS>              spans to send, rounded up to whole requests, then exit
   --duration <DURATION>        send for this long (e.g. 10s, 500ms, 2m), then exit
@@ -58,6 +62,9 @@ Options:
   --print-span-size            print the average encoded size of a Span message in bytes and exit
   -h, --help                   print this help
 ";
+
+/// The smallest `--span-bytes`: a span with its IDs, times, name and a few attributes.
+const MIN_SPAN_BYTES: usize = 150;
 
 /// At most this many spans are pre-built (about 130 MB); longer runs go round the pool again.
 const POOL_CAP_SPANS: u64 = 256 * 1024;
@@ -133,6 +140,9 @@ struct Options {
     batch: usize,
     spans_per_trace: usize,
     requests_per_trace: usize,
+    resources_per_request: usize,
+    /// Target encoded span size; `None` keeps spans as built.
+    span_bytes: Option<usize>,
     concurrency: usize,
     total: Option<u64>,
     duration: Option<Duration>,
@@ -150,6 +160,8 @@ impl Default for Options {
             batch: 512,
             spans_per_trace: 8,
             requests_per_trace: 4,
+            resources_per_request: 1,
+            span_bytes: None,
             concurrency: 4,
             total: None,
             duration: None,
@@ -198,6 +210,10 @@ impl Options {
                 "--requests-per-trace" => {
                     options.requests_per_trace = value.parse().with_context(bad)?;
                 }
+                "--resources-per-request" => {
+                    options.resources_per_request = value.parse().with_context(bad)?;
+                }
+                "--span-bytes" => options.span_bytes = Some(value.parse().with_context(bad)?),
                 "--concurrency" => options.concurrency = value.parse().with_context(bad)?,
                 "--total" => options.total = Some(value.parse().with_context(bad)?),
                 "--duration" => options.duration = Some(parse_duration(&value).with_context(bad)?),
@@ -222,6 +238,7 @@ impl Options {
             ("--batch", self.batch),
             ("--spans-per-trace", self.spans_per_trace),
             ("--requests-per-trace", self.requests_per_trace),
+            ("--resources-per-request", self.resources_per_request),
             ("--concurrency", self.concurrency),
         ] {
             if value == 0 {
@@ -235,6 +252,18 @@ impl Options {
                 self.requests_per_trace,
                 self.spans_per_trace
             );
+        }
+        if self.resources_per_request > self.batch {
+            bail!(
+                "--resources-per-request {} is more than --batch {}: every resource needs a span",
+                self.resources_per_request,
+                self.batch
+            );
+        }
+        if let Some(bytes) = self.span_bytes {
+            if !(MIN_SPAN_BYTES..=1024 * 1024).contains(&bytes) {
+                bail!("--span-bytes must be between {MIN_SPAN_BYTES} and 1048576, not {bytes}");
+            }
         }
         if !(0.0..=100.0).contains(&self.error_percent) {
             bail!(
@@ -426,7 +455,13 @@ const STATEMENTS: [(&str, &str, &str); 3] = [
 
 /// Builds the spans of one trace; the first is the root and every other span's parent is an
 /// earlier span of the same trace.
-fn build_trace(rng: &mut XorShift, spans: usize, error: bool, now_nanos: u64) -> Vec<Span> {
+fn build_trace(
+    rng: &mut XorShift,
+    spans: usize,
+    error: bool,
+    now_nanos: u64,
+    span_bytes: Option<usize>,
+) -> Vec<Span> {
     let trace_id = rng.id::<16>();
     let start = now_nanos - rng.below(1_000_000_000);
     let error_at = error.then(|| rng.below(spans as u64) as usize);
@@ -456,9 +491,43 @@ fn build_trace(rng: &mut XorShift, spans: usize, error: bool, now_nanos: u64) ->
                 code: status::StatusCode::Error as i32,
             });
         }
+        if let Some(target) = span_bytes {
+            fit_span(rng, &mut span, target);
+        }
         out.push(span);
     }
     out
+}
+
+/// Brings a span's encoded size to about `target` bytes: attributes are dropped from the end
+/// while it is larger, then a `payload` attribute of random hex (compressible about as real
+/// identifiers are) fills it up.
+fn fit_span(rng: &mut XorShift, span: &mut Span, target: usize) {
+    while span.encoded_len() > target && span.attributes.len() > 2 {
+        span.attributes.pop();
+    }
+    let len = span.encoded_len();
+    // The attribute costs its value plus about 15 bytes of key and framing.
+    if len + 16 > target {
+        return;
+    }
+    let mut pad = target - len - 15;
+    let payload = |pad: usize, rng: &mut XorShift| {
+        let mut text = String::with_capacity(pad + 16);
+        while text.len() < pad {
+            text.push_str(&format!("{:016x}", rng.next_u64()));
+        }
+        text.truncate(pad);
+        string("payload", text)
+    };
+    span.attributes.push(payload(pad, rng));
+    // Length varints grow with the value: correct once for the exact size.
+    let over = span.encoded_len().saturating_sub(target);
+    if over > 0 {
+        pad = pad.saturating_sub(over);
+        span.attributes.pop();
+        span.attributes.push(payload(pad, rng));
+    }
 }
 
 fn server_span(rng: &mut XorShift, start: u64, end: u64) -> Span {
@@ -653,7 +722,7 @@ impl Pool {
             let group: Vec<Vec<Span>> = (0..traces)
                 .map(|_| {
                     let error = rng.chance(options.error_percent);
-                    build_trace(&mut rng, per_trace, error, now_nanos)
+                    build_trace(&mut rng, per_trace, error, now_nanos, options.span_bytes)
                 })
                 .collect();
             let mut interleaved: Vec<Span> = Vec::with_capacity(traces * per_trace);
@@ -662,31 +731,39 @@ impl Pool {
             }
             let per_request = interleaved.len().div_ceil(requests_per_group);
             for chunk in interleaved.chunks(per_request) {
-                pool.push(chunk.to_vec(), &scope);
+                pool.push(chunk.to_vec(), &scope, options.resources_per_request);
             }
         }
         pool
     }
 
-    fn push(&mut self, spans: Vec<Span>, scope: &InstrumentationScope) {
+    /// Adds one request of `spans`, split into `resources` resource spans (consecutive slices,
+    /// each under its own service instance).
+    fn push(&mut self, spans: Vec<Span>, scope: &InstrumentationScope, resources: usize) {
         let count = spans.len() as u64;
         let instance = self.templates.len();
-        let service = SERVICES[instance % SERVICES.len()];
         self.span_bytes += spans
             .iter()
             .map(|span| span.encoded_len() as u64)
             .sum::<u64>();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                resource: Some(resource(service, instance % 97)),
-                scope_spans: vec![ScopeSpans {
-                    scope: Some(scope.clone()),
-                    spans,
+        let per_resource = spans.len().div_ceil(resources.max(1)).max(1);
+        let resource_spans = spans
+            .chunks(per_resource)
+            .enumerate()
+            .map(|(r, spans)| {
+                let service = SERVICES[(instance + r) % SERVICES.len()];
+                ResourceSpans {
+                    resource: Some(resource(service, (instance * resources + r) % 97)),
+                    scope_spans: vec![ScopeSpans {
+                        scope: Some(scope.clone()),
+                        spans: spans.to_vec(),
+                        schema_url: "https://opentelemetry.io/schemas/1.24.0".to_owned(),
+                    }],
                     schema_url: "https://opentelemetry.io/schemas/1.24.0".to_owned(),
-                }],
-                schema_url: "https://opentelemetry.io/schemas/1.24.0".to_owned(),
-            }],
-        };
+                }
+            })
+            .collect();
+        let request = ExportTraceServiceRequest { resource_spans };
         self.templates.push(Template::new(&request, count));
         self.spans_before.push(self.spans);
         self.spans += count;
@@ -1014,5 +1091,53 @@ mod tests {
         let options = options(&["--print-span-size"]).unwrap().unwrap();
         let size = Pool::build(&options, 8192).avg_span_bytes();
         assert!((400.0..600.0).contains(&size), "{size}");
+    }
+
+    #[test]
+    fn spans_are_built_to_the_requested_size() {
+        for target in [200, 500, 2_000] {
+            let mut options = options(&["--total", "1", "--seed", "3"]).unwrap().unwrap();
+            options.span_bytes = Some(target);
+            let size = Pool::build(&options, 4096).avg_span_bytes();
+            let error = (size - target as f64).abs() / target as f64;
+            assert!(error < 0.05, "{target}: {size}");
+        }
+        assert!(options(&["--total", "1", "--span-bytes", "20"]).is_err());
+    }
+
+    #[test]
+    fn requests_carry_the_requested_number_of_resources() {
+        let mut options = options(&[
+            "--total",
+            "1",
+            "--seed",
+            "3",
+            "--resources-per-request",
+            "4",
+        ])
+        .unwrap()
+        .unwrap();
+        options.batch = 64;
+        let pool = Pool::build(&options, 1024);
+        for template in &pool.templates {
+            let request = ExportTraceServiceRequest::decode(&template.body[..]).unwrap();
+            assert_eq!(request.resource_spans.len(), 4);
+            let services: std::collections::HashSet<String> = request
+                .resource_spans
+                .iter()
+                .map(|rs| format!("{:?}", rs.resource.as_ref().unwrap().attributes[4]))
+                .collect();
+            assert_eq!(services.len(), 4, "each resource is its own instance");
+        }
+        assert!(options_err(&[
+            "--total",
+            "1",
+            "--resources-per-request",
+            "0"
+        ]));
+    }
+
+    fn options_err(args: &[&str]) -> bool {
+        options(args).is_err()
     }
 }

@@ -886,4 +886,27 @@ service:
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("telemetri"), "{errors:?}");
     }
+
+    #[test]
+    fn the_receivers_invalid_utf8_option_is_read_and_a_bad_value_named() {
+        let refuse = GUIDE.replace(
+            "  otlp:\n    protocols:",
+            "  otlp:\n    invalid_utf8: refuse\n    protocols:",
+        );
+        let settings = Config::from_yaml(&refuse).unwrap().settings;
+        assert_eq!(
+            settings.receivers[0].door.invalid_utf8,
+            crate::otlp::InvalidUtf8::Refuse
+        );
+        let default = Config::from_yaml(GUIDE).unwrap().settings;
+        assert_eq!(
+            default.receivers[0].door.invalid_utf8,
+            crate::otlp::InvalidUtf8::Repair
+        );
+        let errors = errors_of(&refuse.replace("invalid_utf8: refuse", "invalid_utf8: drop"));
+        assert!(
+            errors[0].starts_with("receivers.otlp.invalid_utf8:") && errors[0].contains("drop"),
+            "{errors:?}"
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! The contract between a receiver and whatever consumes what it receives: a receiver validates
-//! a request ([`super::parse_export_request`]) and hands it to a [`TraceConsumer`], which takes it
+//! a request ([`super::admit`]) and hands it to a [`TraceConsumer`], which takes it
 //! whole or refuses it whole with a [`Refusal`] the receiver turns into the protocol's status.
 //!
 //! The sampler tier's buffer, the front tier's router and a pass-through pipeline are consumers;

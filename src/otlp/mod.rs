@@ -6,6 +6,9 @@
 //!
 //! - [`wire`]: the protobuf wire format at its lowest level (field reader, varints);
 //! - [`request`]: walking and validating an `ExportTraceServiceRequest` ([`parse_export_request`]);
+//! - [`validate`]: validation at the door ([`admit`]): every nested message, wire type and string,
+//!   with invalid UTF-8 repaired or refused;
+//! - [`schema`]: the OTLP trace schema as a table (repair, OTLP/JSON);
 //! - [`summary`]: the per-span summary the buffer stores beside each span;
 //! - [`write`]: writing requests around encoded spans;
 //! - [`group`]: the one span grouper (per trace and origin into [`Chunk`]s, and back into one
@@ -27,9 +30,11 @@ pub mod handoff;
 pub mod json;
 pub mod proto;
 pub mod request;
+pub mod schema;
 pub mod summary;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod validate;
 pub mod wire;
 pub mod write;
 
@@ -42,7 +47,9 @@ pub use consumer::{
 };
 pub use group::{encode_chunks, Chunk, EncodedBatch, RequestBuilder, SpanBatch};
 pub use request::{
-    parse_export_request, read_span, status, Origin, ParsedRequest, SpanInfo, SpanRef,
+    admit, parse_export_request, read_span, status, Admitted, Origin, ParsedRequest, SpanInfo,
+    SpanRef,
 };
 pub use summary::SpanSummary;
+pub use validate::{Invalid, InvalidUtf8};
 pub use wire::{FieldReader, Value, WireError};

@@ -7,6 +7,8 @@
 
 use bytes::Bytes;
 
+use super::schema;
+use super::validate::{self, At, Invalid, InvalidUtf8, Walk};
 use super::wire::{bad_type, wire_type_of, FieldReader, Value, WireError};
 use super::TraceId;
 
@@ -133,6 +135,96 @@ fn read_span_fast(span: &[u8]) -> Option<SpanInfo> {
             // kind, dropped attributes / events / links counts (varints).
             0x30 | 0x50 | 0x60 | 0x70 => pos = skip_varint(span, pos)?,
             // flags (field 16, fixed32): a two-byte key.
+            0x85 if span.get(pos) == Some(&0x01) => {
+                pos += 5;
+                if pos > n {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    if !has_trace_id || !has_span_id || info.trace_id == [0; 16] {
+        return None;
+    }
+    Some(info)
+}
+
+/// The door's per-span hot path: the summary of [`read_span_fast`] and the deep checks of
+/// [`validate::span`] in one pass, for spans as SDKs write them. `None` when anything is unusual,
+/// invalid or not ASCII-clean in a way the general walkers must judge (they then decide, report
+/// the path, or note UTF-8 to repair); `Some` only for a span both would pass unchanged.
+#[inline]
+pub(crate) fn check_span_fast(span: &[u8], base: usize) -> Option<SpanInfo> {
+    let mut info = SpanInfo {
+        trace_id: [0; 16],
+        start_unix_nano: 0,
+        end_unix_nano: 0,
+        status_code: 0,
+        is_root: true,
+    };
+    let mut has_trace_id = false;
+    let mut has_span_id = false;
+    let mut pos = 0;
+    let n = span.len();
+    while pos < n {
+        let key = span[pos];
+        pos += 1;
+        match key {
+            0x0a | 0x12 | 0x1a | 0x22 | 0x2a | 0x4a | 0x5a | 0x6a | 0x7a => {
+                let (len, start) = short_len(span, pos)?;
+                let end = start.checked_add(len).filter(|&end| end <= n)?;
+                let value = &span[start..end];
+                match key {
+                    0x0a => {
+                        info.trace_id = value.try_into().ok()?;
+                        has_trace_id = true;
+                    }
+                    0x12 => {
+                        if len != 8 {
+                            return None;
+                        }
+                        has_span_id = true;
+                    }
+                    0x22 => {
+                        if len != 0 && len != 8 {
+                            return None;
+                        }
+                        info.is_root = len == 0;
+                    }
+                    // trace_state, name
+                    0x1a | 0x2a if !validate::is_text(value) => return None,
+                    0x4a => validate::key_value_fast(value)?,
+                    0x5a | 0x6a | 0x7a => {
+                        // Events, links and status are rarer: the general walkers, any fault
+                        // (or UTF-8 to repair) sending the whole span down the general path.
+                        let mut walk = Walk::new(InvalidUtf8::Refuse);
+                        let at = base + start;
+                        let checked = match key {
+                            0x5a => validate::event(value, at, &mut walk),
+                            0x6a => validate::link(value, at, &mut walk),
+                            _ => {
+                                info.status_code = read_status_fast(value)?;
+                                validate::status(value, at, &mut walk)
+                            }
+                        };
+                        checked.ok()?;
+                    }
+                    _ => {}
+                }
+                pos = end;
+            }
+            0x39 | 0x41 => {
+                let bytes: [u8; 8] = span.get(pos..pos + 8)?.try_into().ok()?;
+                let t = u64::from_le_bytes(bytes);
+                if key == 0x39 {
+                    info.start_unix_nano = t;
+                } else {
+                    info.end_unix_nano = t;
+                }
+                pos += 8;
+            }
+            0x30 | 0x50 | 0x60 | 0x70 => pos = skip_varint(span, pos)?,
             0x85 if span.get(pos) == Some(&0x01) => {
                 pos += 5;
                 if pos > n {
@@ -279,12 +371,58 @@ pub struct ParsedRequest {
     pub spans: Vec<SpanRef>,
 }
 
-/// Walks an `ExportTraceServiceRequest`, validating all of it before anything is used, so a bad
-/// request is rejected whole and never half-buffered.
+/// A request the door accepted.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Sound as sent: the spans refer into the body as received.
+    Sound(ParsedRequest),
+    /// Invalid UTF-8 was repaired: the spans refer into `body`, the repaired request.
+    Repaired {
+        body: Vec<u8>,
+        parsed: ParsedRequest,
+        /// Spans whose own bytes, resource or scope were repaired.
+        spans: usize,
+    },
+}
+
+/// Validates a request body whole at the door (see [`super::validate`]): every nested message,
+/// wire type and string; invalid UTF-8 repaired or refused as `utf8` says.
+pub fn admit(body: &[u8], utf8: InvalidUtf8) -> Result<Admitted, Invalid> {
+    let mut walk = Walk::new(utf8);
+    let parsed = walk_request(body, Some(&mut walk)).map_err(|e| *e)?;
+    if !walk.bad_utf8 {
+        return Ok(Admitted::Sound(parsed));
+    }
+    drop(parsed);
+    let spans = validate::count_repaired_spans(body);
+    let mut repaired = Vec::with_capacity(body.len() + 64);
+    validate::repair_message(body, &schema::EXPORT_REQUEST, &mut repaired);
+    // The repaired body must pass with UTF-8 refused; if it did not, refusing is the safe answer.
+    let mut walk = Walk::new(InvalidUtf8::Refuse);
+    let parsed = walk_request(&repaired, Some(&mut walk)).map_err(|e| *e)?;
+    Ok(Admitted::Repaired {
+        body: repaired,
+        parsed,
+        spans,
+    })
+}
+
+/// Walks an `ExportTraceServiceRequest` for its spans and origins, checking the framing down to
+/// each span's summary fields. For requests tailgate wrote itself or already admitted (the door
+/// validates in full with [`super::validate::admit`]).
 ///
 /// Resource and scope encodings are copied out of the body (they are small and shared by many
 /// spans), so nothing built from the result pins the request buffer.
 pub fn parse_export_request(body: &[u8]) -> Result<ParsedRequest, WireError> {
+    walk_request(body, None).map_err(|e| e.error)
+}
+
+/// The walk behind [`parse_export_request`] and [`super::validate::admit`]: with `deep`, every
+/// nested message, wire type and string is checked too, and errors name their field path.
+pub(crate) fn walk_request(
+    body: &[u8],
+    mut deep: Option<&mut Walk>,
+) -> Result<ParsedRequest, Box<Invalid>> {
     // Room for spans of about 300 bytes and more without growing (growing copied the vector
     // nine times for a 512-span request); the vector lives only as long as the request.
     let mut parsed = ParsedRequest {
@@ -292,14 +430,18 @@ pub fn parse_export_request(body: &[u8]) -> Result<ParsedRequest, WireError> {
         spans: Vec::with_capacity(body.len() / 300 + 4),
     };
     let mut request = FieldReader::new(body);
+    let mut index = 0;
     while let Some((field, value, at)) = request.next()? {
         if field != 1 {
             continue;
         }
         let Value::Len(resource_spans) = value else {
-            return Err(bad_type(field, &value, at));
+            return Err(Box::<Invalid>::from(bad_type(field, &value, at)))
+                .at("resource_spans", Some(index));
         };
-        parse_resource_spans(resource_spans, at, body, &mut parsed)?;
+        parse_resource_spans(resource_spans, at, &mut parsed, deep.as_deref_mut())
+            .at("resource_spans", Some(index))?;
+        index += 1;
     }
     Ok(parsed)
 }
@@ -307,34 +449,50 @@ pub fn parse_export_request(body: &[u8]) -> Result<ParsedRequest, WireError> {
 fn parse_resource_spans(
     msg: &[u8],
     base: usize,
-    body: &[u8],
     parsed: &mut ParsedRequest,
-) -> Result<(), WireError> {
+    mut deep: Option<&mut Walk>,
+) -> Result<(), Box<Invalid>> {
     // First pass: the resource and schema URL may sit anywhere among the fields.
     let mut resource = None;
     let mut schema_url: &[u8] = &[];
     let mut fields = FieldReader::at(msg, base);
     while let Some((field, value, at)) = fields.next()? {
         match (field, value) {
-            (1, Value::Len(r)) => resource = Some(r),
-            (3, Value::Len(s)) => schema_url = s,
-            (1..=3, v) if !matches!(v, Value::Len(_)) => return Err(bad_type(field, &v, at)),
+            (1, Value::Len(r)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::resource(r, at, w).at("resource", None)?;
+                }
+                resource = Some(r);
+            }
+            (3, Value::Len(s)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::text(s, at, w).at("schema_url", None)?;
+                }
+                schema_url = s;
+            }
+            (1..=3, v) if !matches!(v, Value::Len(_)) => {
+                let name = ["resource", "scope_spans", "schema_url"][field as usize - 1];
+                return Err(Box::<Invalid>::from(bad_type(field, &v, at))).at(name, None);
+            }
             _ => {}
         }
     }
     let resource = resource.map(Bytes::copy_from_slice);
     let resource_schema_url = Bytes::copy_from_slice(schema_url);
     let mut fields = FieldReader::at(msg, base);
+    let mut index = 0;
     while let Some((field, value, at)) = fields.next()? {
         if let (2, Value::Len(scope_spans)) = (field, value) {
             parse_scope_spans(
                 scope_spans,
                 at,
-                body,
                 &resource,
                 &resource_schema_url,
                 parsed,
-            )?;
+                deep.as_deref_mut(),
+            )
+            .at("scope_spans", Some(index))?;
+            index += 1;
         }
     }
     Ok(())
@@ -343,33 +501,64 @@ fn parse_resource_spans(
 fn parse_scope_spans(
     msg: &[u8],
     base: usize,
-    _body: &[u8],
     resource: &Option<Bytes>,
     resource_schema_url: &Bytes,
     parsed: &mut ParsedRequest,
-) -> Result<(), WireError> {
+    mut deep: Option<&mut Walk>,
+) -> Result<(), Box<Invalid>> {
     let mut scope = None;
     let mut schema_url: &[u8] = &[];
     let mut fields = FieldReader::at(msg, base);
     while let Some((field, value, at)) = fields.next()? {
         match (field, value) {
-            (1, Value::Len(s)) => scope = Some(s),
-            (3, Value::Len(s)) => schema_url = s,
-            (1..=3, v) if !matches!(v, Value::Len(_)) => return Err(bad_type(field, &v, at)),
+            (1, Value::Len(s)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::scope(s, at, w).at("scope", None)?;
+                }
+                scope = Some(s);
+            }
+            (3, Value::Len(s)) => {
+                if let Some(w) = deep.as_deref_mut() {
+                    validate::text(s, at, w).at("schema_url", None)?;
+                }
+                schema_url = s;
+            }
+            (1..=3, v) if !matches!(v, Value::Len(_)) => {
+                let name = ["scope", "spans", "schema_url"][field as usize - 1];
+                return Err(Box::<Invalid>::from(bad_type(field, &v, at))).at(name, None);
+            }
             _ => {}
         }
     }
     let origin = parsed.origins.len();
     let first_span = parsed.spans.len();
     let mut fields = FieldReader::at(msg, base);
+    let mut index = 0;
     while let Some((field, value, at)) = fields.next()? {
         if let (2, Value::Len(span)) = (field, value) {
-            let info = read_span(span, at)?;
+            let fast = match deep {
+                Some(_) => check_span_fast(span, at),
+                None => None,
+            };
+            let info = match fast {
+                Some(info) => info,
+                None => {
+                    let info = match read_span(span, at) {
+                        Ok(info) => info,
+                        Err(e) => return Err(Box::<Invalid>::from(e)).at("spans", Some(index)),
+                    };
+                    if let Some(w) = deep.as_deref_mut() {
+                        validate::span(span, at, w).at("spans", Some(index))?;
+                    }
+                    info
+                }
+            };
             parsed.spans.push(SpanRef {
                 range: (at, at + span.len()),
                 origin,
                 info,
             });
+            index += 1;
         }
     }
     if parsed.spans.len() > first_span {

@@ -4,6 +4,12 @@
 
 use bytes::BufMut;
 
+/// How deep attribute values may nest (`AnyValue` inside arrays and kvlists, the attribute's own
+/// value counting as 1). prost and Python's protobuf stop decoding at 100 nested messages; a span
+/// attribute's value is the 6th message down and each kvlist level adds 3, so 20 keeps every
+/// accepted request well inside what strict decoders take.
+pub const MAX_VALUE_DEPTH: u32 = 20;
+
 /// Why a request body is not a valid OTLP trace export request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
@@ -27,6 +33,14 @@ pub enum WireError {
     SpanIdLength(usize),
     #[error("span has a parent_span_id of {0} bytes; it must be empty or 8")]
     ParentSpanIdLength(usize),
+    #[error("field key above 2^32 at byte {0}")]
+    BadKey(usize),
+    #[error("link has a {field} of {len} bytes; it must be empty, or 16 (trace_id) / 8 (span_id)")]
+    LinkIdLength { field: &'static str, len: usize },
+    #[error("string is not valid UTF-8 at byte {0}")]
+    InvalidUtf8(usize),
+    #[error("attribute value nested more than {max} levels deep at byte {0}", max = MAX_VALUE_DEPTH)]
+    TooDeep(usize),
 }
 
 /// One field's value as it sits on the wire.
@@ -40,6 +54,7 @@ pub enum Value<'a> {
 
 /// Iterates the top-level fields of one encoded message. Offsets in errors are relative to `base`,
 /// the message's position in the whole request, so an error points at the byte in the body.
+#[derive(Clone)]
 pub struct FieldReader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -83,6 +98,11 @@ impl<'a> FieldReader<'a> {
             };
             self.pos += 1;
             value |= u64::from(byte & 0x7f) << (7 * i);
+            // The 10th byte holds only bit 63: anything above overflows 64 bits, which prost
+            // and Go's protobuf refuse.
+            if i == 9 && byte > 1 {
+                return Err(WireError::BadVarint(self.offset()));
+            }
             if byte < 0x80 {
                 return Ok(value);
             }
@@ -111,6 +131,9 @@ impl<'a> FieldReader<'a> {
         }
         let at = self.offset();
         let key = self.varint()?;
+        if key > u64::from(u32::MAX) {
+            return Err(WireError::BadKey(at));
+        }
         let field = (key >> 3) as u32;
         if field == 0 {
             return Err(WireError::FieldZero(at));

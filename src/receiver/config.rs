@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use super::{GrpcServerSettings, HttpServerSettings, ReceiverSettings};
+use super::{DoorSettings, GrpcServerSettings, HttpServerSettings, ReceiverSettings};
+use crate::otlp::InvalidUtf8;
 use crate::yaml::{check_listen_endpoint, null_as_default, ConfigError};
 
 /// `receivers.otlp`.
@@ -10,6 +11,21 @@ use crate::yaml::{check_listen_endpoint, null_as_default, ConfigError};
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpReceiverConfig {
     pub protocols: ProtocolsConfig,
+    /// tailgate extension: what to do with a request whose strings are not valid UTF-8
+    /// (`repair`, the default: invalid sequences become U+FFFD; `refuse`: InvalidArgument / 400).
+    pub invalid_utf8: InvalidUtf8Config,
+    /// tailgate extension: request bodies (as received and decoded) held at once, in MiB, over
+    /// both protocols; past it clients are told to retry (UNAVAILABLE / 503). Default 256.
+    pub max_in_flight_mib: Option<u64>,
+}
+
+/// `receivers.otlp.invalid_utf8`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InvalidUtf8Config {
+    #[default]
+    Repair,
+    Refuse,
 }
 
 /// `receivers.otlp.protocols`: a protocol is enabled by being present (even empty).
@@ -123,6 +139,25 @@ impl OtlpReceiverConfig {
                 ));
             }
         }
+        let in_flight_mib = self
+            .max_in_flight_mib
+            .unwrap_or(super::DEFAULT_MAX_IN_FLIGHT_MIB as u64);
+        let largest_request = p
+            .grpc
+            .iter()
+            .map(|g| g.max_recv_msg_size_mib * 1024 * 1024)
+            .chain(p.http.iter().map(|h| h.body_limit() as u64))
+            .max()
+            .unwrap_or(0);
+        if in_flight_mib.saturating_mul(1024 * 1024) < largest_request {
+            errors.push(ConfigError::new(
+                format!("{path}.max_in_flight_mib"),
+                format!(
+                    "{in_flight_mib} MiB is less than the largest request a protocol accepts \
+                     ({largest_request} bytes); such a request could never be taken"
+                ),
+            ));
+        }
         if errors.len() > before {
             return None;
         }
@@ -137,6 +172,14 @@ impl OtlpReceiverConfig {
                 traces_path: h.traces_url_path.clone(),
                 body_limit: h.body_limit(),
             }),
+            door: DoorSettings {
+                invalid_utf8: match self.invalid_utf8 {
+                    InvalidUtf8Config::Repair => InvalidUtf8::Repair,
+                    InvalidUtf8Config::Refuse => InvalidUtf8::Refuse,
+                },
+                max_in_flight_bytes: (in_flight_mib.saturating_mul(1024 * 1024))
+                    .min(usize::MAX as u64) as usize,
+            },
         })
     }
 }

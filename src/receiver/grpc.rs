@@ -17,7 +17,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::{GrpcServerSettings, Intake, RefuseError, Transport};
+use super::{Door, GrpcServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::{
     RawBytesCodec, Refusal, TraceConsumer, EXPORT_PATH, FORWARDED_HEADER, LEAVING_MESSAGE,
@@ -53,14 +53,20 @@ impl UnaryService<Bytes> for ExportHandler {
                     .map(|v| v.as_bytes()),
             );
             let body = request.into_inner();
-            match intake.accept(&body, hops).await {
+            let result = match intake.lease(body.len()) {
+                Ok(_lease) => intake.accept(&body, hops).await,
+                Err(busy) => Err(busy),
+            };
+            match result {
                 // An empty ExportTraceServiceResponse encodes to zero bytes.
                 Ok(_) => Ok(Response::new(Bytes::new())),
                 Err(e @ RefuseError::Malformed(_)) => Err(Status::invalid_argument(e.to_string())),
                 Err(RefuseError::Refused(Refusal::Leaving)) => {
                     Err(Status::failed_precondition(LEAVING_MESSAGE))
                 }
-                Err(e @ RefuseError::Refused(_)) => Err(Status::unavailable(e.to_string())),
+                Err(e @ (RefuseError::Refused(_) | RefuseError::Busy)) => {
+                    Err(Status::unavailable(e.to_string()))
+                }
             }
         })
     }
@@ -133,10 +139,11 @@ pub async fn serve_grpc(
     consumer: Arc<dyn TraceConsumer>,
     receiver: &str,
     settings: &GrpcServerSettings,
+    door: Arc<Door>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let service = TraceServiceServer {
-        intake: Arc::new(Intake::new(consumer, receiver, Transport::Grpc)),
+        intake: Arc::new(Intake::new(consumer, receiver, Transport::Grpc, door)),
         max_message_bytes: settings.max_message_bytes,
     };
     let incoming = tokio_stream_listener(listener);

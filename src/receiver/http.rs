@@ -1,6 +1,10 @@
 //! OTLP/HTTP: `POST /v1/traces` with a protobuf or JSON body, optionally gzip- or
 //! zstd-compressed. JSON is converted to protobuf once here; everything after sees bytes.
 //!
+//! Bodies are read up to the receiver's limit, decompressed up to the same limit (gzip with every
+//! member of a multi-member stream, zstd, deflate), and JSON is converted by the streaming
+//! converter in `otlp::json`; both run on a blocking thread for big bodies.
+//!
 //! Status codes follow the OTLP/HTTP spec: 400 for a malformed body (with a `google.rpc.Status`
 //! in the request's encoding), 413 for an oversized one, 415 for an unknown content type, 503
 //! while shutting down.
@@ -17,7 +21,7 @@ use axum::Router;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{HttpServerSettings, Intake, RefuseError, Transport};
+use super::{Door, HttpServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::json::json_to_protobuf;
 use crate::otlp::proto::google_rpc;
@@ -42,10 +46,11 @@ pub async fn serve_http(
     consumer: Arc<dyn TraceConsumer>,
     receiver: &str,
     settings: &HttpServerSettings,
+    door: Arc<Door>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let state = HttpState {
-        intake: Arc::new(Intake::new(consumer, receiver, Transport::Http)),
+        intake: Arc::new(Intake::new(consumer, receiver, Transport::Http, door)),
         body_limit: settings.body_limit,
     };
     let router = Router::new()
@@ -60,12 +65,26 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         Ok(encoding) => encoding,
         Err(rejection) => return rejection.respond(Encoding::Json),
     };
-    let body = match read_body(&state, &headers, encoding, body).await {
+    // Bytes in flight are taken before the body is read where its length is declared, so a
+    // burst of large bodies is refused before it is buffered.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(state.body_limit);
+    let mut lease = match state.intake.lease(declared) {
+        Ok(lease) => lease,
+        Err(e) => return retry_later(encoding, &e.to_string()),
+    };
+    let body = match read_body(&state, &headers, encoding, body, declared, &mut lease).await {
         Ok(body) => body,
         Err(rejection) => return rejection.respond(encoding),
     };
     let hops = hops_from_header(headers.get(FORWARDED_HEADER).map(|v| v.as_bytes()));
-    match state.intake.accept(&body, hops).await {
+    let result = state.intake.accept(&body, hops).await;
+    drop(lease);
+    match result {
         Ok(_) => {
             let (content_type, payload) = match encoding {
                 // An empty ExportTraceServiceResponse.
@@ -77,16 +96,20 @@ async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) 
         Err(e @ RefuseError::Malformed(_)) => {
             status_response(StatusCode::BAD_REQUEST, encoding, &e.to_string())
         }
-        Err(e @ RefuseError::Refused(_)) => {
-            let mut response =
-                status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, &e.to_string());
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
-            response
+        Err(e @ (RefuseError::Refused(_) | RefuseError::Busy)) => {
+            retry_later(encoding, &e.to_string())
         }
     }
+}
+
+/// 503 with `Retry-After`, which OTLP/HTTP clients retry.
+fn retry_later(encoding: Encoding, message: &str) -> Response {
+    let mut response = status_response(StatusCode::SERVICE_UNAVAILABLE, encoding, message);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    response
 }
 
 /// A request refused before it reached the intake: its status, the counter's reason label and
@@ -106,7 +129,15 @@ impl Rejection {
         }
     }
 
+    /// The in-flight budget ran out while the body was read (already counted).
+    fn busy(message: String) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "", message)
+    }
+
     fn respond(self, encoding: Encoding) -> Response {
+        if self.reason.is_empty() {
+            return retry_later(encoding, &self.message);
+        }
         reject(self.status, encoding, &self.message, self.reason)
     }
 }
@@ -142,6 +173,8 @@ async fn read_body(
     headers: &HeaderMap,
     encoding: Encoding,
     body: Body,
+    declared: usize,
+    lease: &mut super::Lease,
 ) -> Result<Bytes, Rejection> {
     let limit = state.body_limit;
     // Read at most the limit (compressed); a larger body is refused before it is buffered.
@@ -152,35 +185,78 @@ async fn read_body(
             format!("request body exceeds {limit} bytes"),
         )
     })?;
+    let raw_len = raw.len();
+    state
+        .intake
+        .grow(lease, raw_len.saturating_sub(declared))
+        .map_err(|e| Rejection::busy(e.to_string()))?;
     let content_encoding = header_text(headers, header::CONTENT_ENCODING);
-    let body = decompress(&content_encoding, raw, limit).map_err(|e| match e {
-        Decompress::TooLarge => Rejection::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("decompressed body exceeds {limit} bytes"),
-        ),
-        Decompress::Unsupported => Rejection::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_encoding",
-            format!("unsupported content encoding `{content_encoding}`; use gzip, zstd or none"),
-        ),
-        Decompress::Corrupt(e) => Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "bad_compression",
-            format!("body is not valid {content_encoding}: {e}"),
-        ),
-    })?;
-    match encoding {
-        Encoding::Protobuf => Ok(body),
-        Encoding::Json => json_to_protobuf(&body).map_err(|e| {
-            Rejection::new(
+    let compressed = !matches!(content_encoding.as_str(), "" | "identity" | "none");
+    let work = move || {
+        let body = decompress(&content_encoding, raw, limit).map_err(|e| match e {
+            Decompress::TooLarge => Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("decompressed body exceeds {limit} bytes"),
+            ),
+            Decompress::Unsupported => Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!(
+                    "unsupported content encoding `{content_encoding}`; use gzip, zstd, deflate or none"
+                ),
+            ),
+            Decompress::Corrupt(e) => Rejection::new(
                 StatusCode::BAD_REQUEST,
-                "malformed",
-                format!("malformed OTLP JSON: {e}"),
-            )
-        }),
+                "bad_compression",
+                format!("body is not valid {content_encoding}: {e}"),
+            ),
+        })?;
+        match encoding {
+            Encoding::Protobuf => Ok(body),
+            Encoding::Json => json_to_protobuf(&body).map_err(|e| {
+                Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_json",
+                    format!("malformed OTLP JSON: {e}"),
+                )
+            }),
+        }
+    };
+    // Decompressing or converting a big body takes milliseconds of CPU: off the async workers,
+    // so one large request does not stall every other connection they serve.
+    let big = if compressed {
+        raw_len > BLOCKING_COMPRESSED_BYTES
+    } else {
+        encoding == Encoding::Json && raw_len > BLOCKING_JSON_BYTES
+    };
+    let body = if big {
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_else(|e| {
+                Err(Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("decoding the body failed: {e}"),
+                ))
+            })?
+    } else {
+        work()?
+    };
+    if compressed || encoding == Encoding::Json {
+        // The decoded body is held beside the raw one until the request is answered.
+        state
+            .intake
+            .grow(lease, body.len())
+            .map_err(|e| Rejection::busy(e.to_string()))?;
     }
+    Ok(body)
 }
+
+/// Compressed bodies larger than this are decompressed on a blocking thread (they expand 5-20x).
+const BLOCKING_COMPRESSED_BYTES: usize = 16 * 1024;
+/// JSON bodies larger than this are converted on a blocking thread.
+const BLOCKING_JSON_BYTES: usize = 256 * 1024;
 
 enum Decompress {
     TooLarge,
@@ -191,7 +267,9 @@ enum Decompress {
 fn decompress(encoding: &str, raw: Bytes, limit: usize) -> Result<Bytes, Decompress> {
     let reader: Box<dyn Read + '_> = match encoding {
         "" | "identity" | "none" => return Ok(raw),
-        "gzip" => Box::new(flate2::read::GzDecoder::new(&raw[..])),
+        // Multi-member: some clients and proxies send concatenated gzip streams, all of which
+        // are the body (RFC 1952).
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&raw[..])),
         "deflate" => Box::new(flate2::read::ZlibDecoder::new(&raw[..])),
         "zstd" => {
             Box::new(zstd::stream::read::Decoder::new(&raw[..]).map_err(Decompress::Corrupt)?)
@@ -272,6 +350,28 @@ mod tests {
         assert!(matches!(
             decompress("br", Bytes::new(), 10),
             Err(Decompress::Unsupported)
+        ));
+    }
+
+    #[test]
+    fn every_member_of_a_multi_member_gzip_body_is_read() {
+        use std::io::Write;
+        let member = |data: &[u8]| {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(data).unwrap();
+            gz.finish().unwrap()
+        };
+        let mut body = member(b"first ");
+        body.extend(member(b"second ").iter());
+        body.extend(member(b"third").iter());
+        let out = decompress("gzip", Bytes::from(body.clone()), 1000)
+            .ok()
+            .unwrap();
+        assert_eq!(&out[..], b"first second third");
+        // The limit applies to the sum of the members.
+        assert!(matches!(
+            decompress("gzip", Bytes::from(body), 17),
+            Err(Decompress::TooLarge)
         ));
     }
 }

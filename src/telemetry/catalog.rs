@@ -332,7 +332,13 @@ declare! {
     RECEIVER_REFUSED_SPANS = Counter "otelcol_receiver_refused_spans" ["receiver", "transport"] "{spans}"
         "Spans of valid requests the receiver refused with a retryable status (buffer full, no sampler, shutting down).";
     RECEIVER_REJECTED_REQUESTS = Counter "tailgate_receiver_rejected_requests" ["transport", "reason"] "{requests}"
-        "Requests refused as invalid (malformed, too large, bad compression, unsupported media type or encoding).";
+        "Requests refused as invalid, by reason: structural damage found at the door (truncated, bad_varint, bad_wire_type, bad_field_number, bad_id, invalid_utf8, too_deep), malformed_json, too_large, bad_compression, unsupported_media_type or unsupported_encoding.";
+    RECEIVER_THROTTLED_REQUESTS = Counter "tailgate_receiver_throttled_requests" ["receiver", "transport"] "{requests}"
+        "Requests refused with a retryable status (UNAVAILABLE / 503) because the receiver already held max_in_flight_mib of request bodies.";
+    RECEIVER_IN_FLIGHT_BYTES = Gauge "tailgate_receiver_in_flight" ["receiver"] "By"
+        "Bytes of request bodies the receiver holds right now, against max_in_flight_mib.";
+    RECEIVER_REPAIRED_SPANS = Counter "tailgate_receiver_repaired_spans" ["receiver", "transport"] "{spans}"
+        "Spans accepted after invalid UTF-8 in them, or in their resource or scope, was replaced with U+FFFD (receivers.otlp.invalid_utf8: repair).";
 
     // The sampler's buffer and decisions.
     NEW_TRACES = Counter "otelcol_processor_tail_sampling_new_trace_id_received" [] "{traces}"
