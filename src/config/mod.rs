@@ -106,6 +106,11 @@ pub enum ExporterConfig {
 #[derive(Debug, Clone)]
 pub enum ExtensionConfig {
     HealthCheck(HealthCheckConfig),
+    /// `pprof` and `zpages`: accepted so production configs load unchanged, but they do nothing
+    /// in tailgate (a warning at start-up says so). The block is kept as written.
+    Inert {
+        kind: String,
+    },
 }
 
 /// `service.pipelines.<id>`.
@@ -314,6 +319,9 @@ fn parse_components(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Parsed {
         let path = format!("extensions.{id}");
         let result = match ComponentId::parse(&id).kind.as_str() {
             "health_check" => parse_block(&path, value).map(ExtensionConfig::HealthCheck),
+            kind @ ("pprof" | "zpages") => Ok(ExtensionConfig::Inert {
+                kind: kind.to_string(),
+            }),
             other => Err(unsupported("extension", other, &path)),
         };
         if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
@@ -373,7 +381,7 @@ impl Parsed {
             return None;
         }
         let health_checks = self.service_extensions(&components, errors);
-        let mut notices = Vec::new();
+        let mut notices = self.inert_extensions();
         let (receivers, mut role) = self.traces_pipeline(&components, errors, &mut notices)?;
         fit_peer_requests(&mut role, &receivers);
         Some(Settings {
@@ -436,11 +444,30 @@ impl Parsed {
             }
         }
         for (id, extension) in &self.extensions {
-            let ExtensionConfig::HealthCheck(c) = extension;
-            let s = c.settings(&format!("extensions.{id}"), errors);
-            out.health_checks.insert(id.clone(), s);
+            if let ExtensionConfig::HealthCheck(c) = extension {
+                let s = c.settings(&format!("extensions.{id}"), errors);
+                out.health_checks.insert(id.clone(), s);
+            }
         }
         out
+    }
+
+    /// A warning for each enabled extension that tailgate accepts but does not implement, so
+    /// that nobody waits for a profiling or zPages endpoint that never comes.
+    fn inert_extensions(&self) -> Vec<String> {
+        let mut notices = Vec::new();
+        for (i, ext) in self.service.extensions.iter().enumerate() {
+            if let Some(ExtensionConfig::Inert { kind }) = self.extensions.get(ext) {
+                let what = match kind.as_str() {
+                    "pprof" => "no profiling endpoint is served",
+                    _ => "no zPages are served; use /metrics and the logs",
+                };
+                notices.push(format!(
+                    "service.extensions[{i}]: extension `{ext}` is accepted but does nothing in tailgate: {what}"
+                ));
+            }
+        }
+        notices
     }
 
     /// The health checks `service.extensions` enables; undefined names are errors.
@@ -709,10 +736,32 @@ fn parse_tail_sampling(
 }
 
 fn unsupported(what: &str, kind: &str, path: &str) -> ConfigError {
+    if let Some(why) = retired(what, kind) {
+        return ConfigError::new(path, format!("{what} type `{kind}` {why}"));
+    }
     ConfigError::new(
         path,
         format!("{what} type `{kind}` is not supported by tailgate"),
     )
+}
+
+/// Components the Collector itself has removed: a config still naming one gets the Collector's
+/// own answer (and the version that removed it), not a bare "not supported".
+fn retired(what: &str, kind: &str) -> Option<&'static str> {
+    Some(match (what, kind) {
+        ("extension", "memory_ballast") => {
+            "was removed from the Collector too (v0.107.0); remove it: tailgate has no garbage \
+             collector to pad, and the memory_limiter processor bounds memory"
+        }
+        ("exporter", "logging") => {
+            "was removed from the Collector too (v0.111.0); use the debug exporter"
+        }
+        ("exporter", "jaeger" | "jaeger_thrift") => {
+            "was removed from the Collector too (v0.85.0); Jaeger takes OTLP: use the otlp \
+             exporter (port 4317) or otlphttp (port 4318)"
+        }
+        _ => return None,
+    })
 }
 #[cfg(test)]
 mod tests {
@@ -885,5 +934,120 @@ service:
         let errors = errors_of(&yaml);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains("telemetri"), "{errors:?}");
+    }
+
+    #[test]
+    fn pprof_and_zpages_are_accepted_with_a_startup_warning() {
+        let yaml = GUIDE.replace(
+            "service:\n",
+            "extensions:\n  pprof:\n    endpoint: localhost:1777\n  zpages:\nservice:\n  extensions: [pprof, zpages]\n",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let notices = config.settings.notices.join("\n");
+        assert!(
+            notices
+                .contains("service.extensions[0]: extension `pprof` is accepted but does nothing"),
+            "{notices}"
+        );
+        assert!(
+            notices.contains("service.extensions[1]: extension `zpages`"),
+            "{notices}"
+        );
+    }
+
+    #[test]
+    fn components_the_collector_removed_are_errors_saying_so_with_the_version() {
+        let yaml = GUIDE
+            .replace(
+                "service:\n",
+                "extensions:\n  memory_ballast:\n    size_mib: 512\nservice:\n",
+            )
+            .replace(
+                "exporters:\n",
+                "exporters:\n  logging:\n    verbosity: detailed\n  jaeger:\n    endpoint: jaeger:14250\n",
+            );
+        let joined = errors_of(&yaml).join("\n");
+        for (path, version) in [
+            ("extensions.memory_ballast", "v0.107.0"),
+            ("exporters.logging", "v0.111.0"),
+            ("exporters.jaeger", "v0.85.0"),
+        ] {
+            assert!(
+                joined.contains(&format!("{path}: "))
+                    && joined.contains(&format!("removed from the Collector too ({version})")),
+                "{path}: {joined}"
+            );
+        }
+    }
+
+    #[test]
+    fn tail_storage_is_refused_as_not_supported_yet() {
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    tail_storage:\n      directory: /var/lib/otel",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("processors.tail_sampling.tail_storage:")
+                    && e.contains("disk-backed buffer is not supported yet")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn num_shards_is_accepted_and_zero_is_an_error() {
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    num_shards: 4",
+        );
+        Config::from_yaml(&yaml).unwrap();
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    num_shards: 0",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors[0].starts_with("processors.tail_sampling.num_shards:"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn span_ingest_decides_at_once_and_refuses_stateful_policies() {
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    sampling_strategy: span-ingest",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let Role::Sampler {
+            sampler: Some(sampler),
+            ..
+        } = &config.settings.role
+        else {
+            panic!("not a sampler")
+        };
+        assert_eq!(sampler.buffer.decision_wait, Duration::ZERO);
+        let yaml = yaml.replace(
+            "      - name: baseline",
+            "      - name: budget\n        type: and\n        and:\n          and_sub_policy:\n            - name: a\n              type: always_sample\n            - name: r\n              type: rate_limiting\n              rate_limiting:\n                spans_per_second: 10\n      - name: baseline",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "processors.tail_sampling.policies[2].and.and_sub_policy[1]: policy type `rate_limiting` keeps state"
+            )),
+            "{errors:?}"
+        );
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    sampling_strategy: eventually",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors[0].starts_with("processors.tail_sampling.sampling_strategy"),
+            "{errors:?}"
+        );
     }
 }
