@@ -4,7 +4,8 @@
 //! `tests/architecture.rs`):
 //!
 //! 1. [`otlp`] (the wire format, the span grouper, the stage contract), [`yaml`] (the Collector's
-//!    config conventions), [`telemetry`] (metrics catalog, logs, health): no stage, no config;
+//!    config conventions), [`telemetry`] (metrics catalog, logs, health), [`auth`] (the
+//!    authentication extensions): no stage, no config;
 //! 2. [`policy`] (pure sampling policies), [`exporter`] (queues, retries, transports, the
 //!    batcher), [`routing`] (resolver, ring, per-owner routing);
 //! 3. the stages: [`receiver`], [`sampler`] (buffer, decisions, cluster), [`balancer`];
@@ -14,6 +15,7 @@
 //! `main.rs` holds flags, signals and exit codes.
 
 pub mod app;
+pub mod auth;
 pub mod balancer;
 pub mod config;
 pub mod exporter;

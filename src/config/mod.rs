@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::auth::{AuthExtensionConfig, AuthenticatorRef, ClientAuth, ServerAuth};
 use crate::balancer::config::LoadBalancingConfig;
 use crate::balancer::BalancerSettings;
 use crate::exporter::config::{
@@ -106,6 +107,8 @@ pub enum ExporterConfig {
 #[derive(Debug, Clone)]
 pub enum ExtensionConfig {
     HealthCheck(HealthCheckConfig),
+    /// `bearertokenauth` and `basicauth`, used by receivers and exporters through `auth`.
+    Auth(AuthExtensionConfig),
     /// `pprof` and `zpages`: accepted so production configs load unchanged, but they do nothing
     /// in tailgate (a warning at start-up says so). The block is kept as written.
     Inert {
@@ -319,6 +322,10 @@ fn parse_components(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Parsed {
         let path = format!("extensions.{id}");
         let result = match ComponentId::parse(&id).kind.as_str() {
             "health_check" => parse_block(&path, value).map(ExtensionConfig::HealthCheck),
+            "bearertokenauth" => parse_block(&path, value)
+                .map(|c| ExtensionConfig::Auth(AuthExtensionConfig::BearerToken(c))),
+            "basicauth" => parse_block(&path, value)
+                .map(|c| ExtensionConfig::Auth(AuthExtensionConfig::Basic(c))),
             kind @ ("pprof" | "zpages") => Ok(ExtensionConfig::Inert {
                 kind: kind.to_string(),
             }),
@@ -407,7 +414,16 @@ impl Parsed {
         for (id, receiver) in &self.receivers {
             let path = format!("receivers.{id}");
             let ReceiverConfig::Otlp(c) = receiver;
-            if let Some(s) = c.settings(id, &path, errors) {
+            if let Some(mut s) = c.settings(id, &path, errors) {
+                let p = &c.protocols;
+                if let (Some(g), Some(cfg)) = (&mut s.grpc, &p.grpc) {
+                    let at = format!("{path}.protocols.grpc.auth");
+                    g.auth = self.server_auth(cfg.auth.as_ref(), &at, errors);
+                }
+                if let (Some(h), Some(cfg)) = (&mut s.http, &p.http) {
+                    let at = format!("{path}.protocols.http.auth");
+                    h.auth = self.server_auth(cfg.auth.as_ref(), &at, errors);
+                }
                 out.receivers.insert(id.clone(), s);
             }
         }
@@ -428,8 +444,14 @@ impl Parsed {
         for (id, exporter) in &self.exporters {
             let path = format!("exporters.{id}");
             let settings = match exporter {
-                ExporterConfig::Otlp(c) => c.settings(id, &path, errors),
-                ExporterConfig::OtlpHttp(c) => c.settings(id, &path, errors),
+                ExporterConfig::Otlp(c) => {
+                    let auth = self.client_auth(c.auth.as_ref(), &format!("{path}.auth"), errors);
+                    c.settings_with_auth(id, &path, auth, errors)
+                }
+                ExporterConfig::OtlpHttp(c) => {
+                    let auth = self.client_auth(c.auth.as_ref(), &format!("{path}.auth"), errors);
+                    c.settings_with_auth(id, &path, auth, errors)
+                }
                 ExporterConfig::Debug(c) => c.settings(id, &path, errors),
                 ExporterConfig::File(c) => c.settings(id, &path, errors),
                 ExporterConfig::LoadBalancing(c) => {
@@ -450,6 +472,71 @@ impl Parsed {
             }
         }
         out
+    }
+
+    /// The authentication extension `auth` (at `path`) names: defined under `extensions` as
+    /// one, and enabled in `service.extensions`, as the Collector requires.
+    fn authenticator(
+        &self,
+        auth: &AuthenticatorRef,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<&AuthExtensionConfig> {
+        let name = &auth.authenticator;
+        let at = format!("{path}.authenticator");
+        if name.is_empty() {
+            errors.push(ConfigError::new(at, "name the authentication extension"));
+            return None;
+        }
+        let found = match self.extensions.get(name) {
+            Some(ExtensionConfig::Auth(a)) => a,
+            Some(_) => {
+                errors.push(ConfigError::new(
+                    at,
+                    format!("extension `{name}` is not an authenticator (use bearertokenauth or basicauth)"),
+                ));
+                return None;
+            }
+            None if self.is_unparsed("extensions", name) => return None,
+            None => {
+                errors.push(ConfigError::new(
+                    at,
+                    format!("authenticator `{name}` is not defined under `extensions`"),
+                ));
+                return None;
+            }
+        };
+        if !self.service.extensions.contains(name) {
+            errors.push(ConfigError::new(
+                at,
+                format!("authenticator `{name}` is not enabled: add it to service.extensions"),
+            ));
+            return None;
+        }
+        Some(found)
+    }
+
+    fn server_auth(
+        &self,
+        auth: Option<&AuthenticatorRef>,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ServerAuth> {
+        let auth = auth?;
+        let ext = self.authenticator(auth, path, errors)?;
+        let name = &auth.authenticator;
+        ext.server(name, &format!("extensions.{name}"), errors)
+    }
+
+    fn client_auth(
+        &self,
+        auth: Option<&AuthenticatorRef>,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ClientAuth> {
+        let auth = auth?;
+        let ext = self.authenticator(auth, path, errors)?;
+        ext.client(&format!("extensions.{}", auth.authenticator), errors)
     }
 
     /// A warning for each enabled extension that tailgate accepts but does not implement, so

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::{GrpcServerSettings, HttpServerSettings, ReceiverSettings};
+use crate::auth::AuthenticatorRef;
 use crate::yaml::{check_listen_endpoint, null_as_default, ConfigError};
 
 /// `receivers.otlp`.
@@ -31,6 +32,8 @@ pub struct GrpcServerConfig {
     pub max_recv_msg_size_mib: u64,
     /// Accepted for compatibility; tonic's transport is always TCP.
     pub transport: String,
+    /// `auth: {authenticator: NAME}`: resolved against `extensions` by the config loader.
+    pub auth: Option<AuthenticatorRef>,
 }
 
 impl Default for GrpcServerConfig {
@@ -39,6 +42,7 @@ impl Default for GrpcServerConfig {
             endpoint: "localhost:4317".into(),
             max_recv_msg_size_mib: 4,
             transport: "tcp".into(),
+            auth: None,
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct HttpServerConfig {
     /// tailgate extension: the same limit in MiB, like the gRPC key; the smaller limit wins.
     pub max_recv_msg_size_mib: Option<u64>,
     pub traces_url_path: String,
+    /// `auth: {authenticator: NAME}`: resolved against `extensions` by the config loader.
+    pub auth: Option<AuthenticatorRef>,
 }
 
 impl Default for HttpServerConfig {
@@ -62,6 +68,7 @@ impl Default for HttpServerConfig {
             max_request_body_size: 20 * 1024 * 1024,
             max_recv_msg_size_mib: None,
             traces_url_path: "/v1/traces".into(),
+            auth: None,
         }
     }
 }
@@ -131,11 +138,13 @@ impl OtlpReceiverConfig {
             grpc: p.grpc.as_ref().map(|g| GrpcServerSettings {
                 endpoint: g.endpoint.clone(),
                 max_message_bytes: (g.max_recv_msg_size_mib * 1024 * 1024) as usize,
+                auth: None,
             }),
             http: p.http.as_ref().map(|h| HttpServerSettings {
                 endpoint: h.endpoint.clone(),
                 traces_path: h.traces_url_path.clone(),
                 body_limit: h.body_limit(),
+                auth: None,
             }),
         })
     }

@@ -17,7 +17,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::{GrpcServerSettings, Intake, RefuseError, Transport};
+use super::{Gate, GrpcServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::{
     RawBytesCodec, Refusal, TraceConsumer, EXPORT_PATH, FORWARDED_HEADER, LEAVING_MESSAGE,
@@ -30,6 +30,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Clone)]
 pub struct TraceServiceServer {
     intake: Arc<Intake>,
+    gate: Option<Arc<Gate>>,
     max_message_bytes: usize,
 }
 
@@ -84,6 +85,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TraceServiceSe
                         .into_http(),
                 );
             }
+            // Credentials before anything else: an unauthenticated body is never read.
+            if let Some(gate) = &this.gate {
+                if let Err(e) = gate.check(request.headers()) {
+                    return Ok(Status::unauthenticated(e.to_string()).into_http());
+                }
+            }
             let mut grpc = tonic::server::Grpc::new(RawBytesCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
@@ -137,6 +144,7 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     let service = TraceServiceServer {
         intake: Arc::new(Intake::new(consumer, receiver, Transport::Grpc)),
+        gate: Gate::new(settings.auth.as_ref(), receiver, Transport::Grpc).map(Arc::new),
         max_message_bytes: settings.max_message_bytes,
     };
     let incoming = tokio_stream_listener(listener);

@@ -17,7 +17,7 @@ use axum::Router;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{HttpServerSettings, Intake, RefuseError, Transport};
+use super::{Gate, HttpServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::json::json_to_protobuf;
 use crate::otlp::proto::google_rpc;
@@ -27,6 +27,7 @@ use crate::telemetry::catalog;
 #[derive(Clone)]
 struct HttpState {
     intake: Arc<Intake>,
+    gate: Option<Arc<Gate>>,
     body_limit: usize,
 }
 
@@ -46,6 +47,7 @@ pub async fn serve_http(
 ) -> std::io::Result<()> {
     let state = HttpState {
         intake: Arc::new(Intake::new(consumer, receiver, Transport::Http)),
+        gate: Gate::new(settings.auth.as_ref(), receiver, Transport::Http).map(Arc::new),
         body_limit: settings.body_limit,
     };
     let router = Router::new()
@@ -56,6 +58,13 @@ pub async fn serve_http(
 }
 
 async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    // Credentials before anything else: an unauthenticated body is never read.
+    if let Some(gate) = &state.gate {
+        if let Err(e) = gate.check(&headers) {
+            let encoding = body_encoding(&headers).unwrap_or(Encoding::Json);
+            return status_response(StatusCode::UNAUTHORIZED, encoding, &e.to_string());
+        }
+    }
     let encoding = match body_encoding(&headers) {
         Ok(encoding) => encoding,
         Err(rejection) => return rejection.respond(Encoding::Json),
@@ -221,6 +230,7 @@ fn reject(status: StatusCode, encoding: Encoding, message: &str, reason: &'stati
 fn status_response(status: StatusCode, encoding: Encoding, message: &str) -> Response {
     let code = match status {
         StatusCode::BAD_REQUEST => 3,
+        StatusCode::UNAUTHORIZED => 16,
         StatusCode::PAYLOAD_TOO_LARGE => 8,
         StatusCode::SERVICE_UNAVAILABLE => 14,
         _ => 2,

@@ -334,6 +334,9 @@ declare! {
     RECEIVER_REJECTED_REQUESTS = Counter "tailgate_receiver_rejected_requests" ["transport", "reason"] "{requests}"
         "Requests refused as invalid (malformed, too large, bad compression, unsupported media type or encoding).";
 
+    RECEIVER_UNAUTHENTICATED_REQUESTS = Counter "tailgate_receiver_unauthenticated_requests" ["receiver", "transport"] "{requests}"
+        "Requests refused before their body was read because their credentials were missing or wrong (UNAUTHENTICATED / HTTP 401).";
+
     // The sampler's buffer and decisions.
     NEW_TRACES = Counter "otelcol_processor_tail_sampling_new_trace_id_received" [] "{traces}"
         "Traces the buffer started holding.";
