@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::tls::TlsServerConfig;
 use super::{GrpcServerSettings, HttpServerSettings, ReceiverSettings};
 use crate::auth::AuthenticatorRef;
 use crate::yaml::{check_listen_endpoint, null_as_default, ConfigError};
@@ -34,6 +35,7 @@ pub struct GrpcServerConfig {
     pub transport: String,
     /// `auth: {authenticator: NAME}`: resolved against `extensions` by the config loader.
     pub auth: Option<AuthenticatorRef>,
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for GrpcServerConfig {
@@ -43,6 +45,7 @@ impl Default for GrpcServerConfig {
             max_recv_msg_size_mib: 4,
             transport: "tcp".into(),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -59,6 +62,7 @@ pub struct HttpServerConfig {
     pub traces_url_path: String,
     /// `auth: {authenticator: NAME}`: resolved against `extensions` by the config loader.
     pub auth: Option<AuthenticatorRef>,
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for HttpServerConfig {
@@ -69,6 +73,7 @@ impl Default for HttpServerConfig {
             max_recv_msg_size_mib: None,
             traces_url_path: "/v1/traces".into(),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -130,6 +135,15 @@ impl OtlpReceiverConfig {
                 ));
             }
         }
+        let tls = |tls: Option<&TlsServerConfig>, at: &str, errors: &mut Vec<ConfigError>| match tls
+        {
+            None => Some(None),
+            Some(t) => t
+                .settings(&format!("{path}.protocols.{at}.tls"), errors)
+                .map(Some),
+        };
+        let grpc_tls = tls(p.grpc.as_ref().and_then(|g| g.tls.as_ref()), "grpc", errors);
+        let http_tls = tls(p.http.as_ref().and_then(|h| h.tls.as_ref()), "http", errors);
         if errors.len() > before {
             return None;
         }
@@ -139,12 +153,14 @@ impl OtlpReceiverConfig {
                 endpoint: g.endpoint.clone(),
                 max_message_bytes: (g.max_recv_msg_size_mib * 1024 * 1024) as usize,
                 auth: None,
+                tls: grpc_tls.clone().flatten(),
             }),
             http: p.http.as_ref().map(|h| HttpServerSettings {
                 endpoint: h.endpoint.clone(),
                 traces_path: h.traces_url_path.clone(),
                 body_limit: h.body_limit(),
                 auth: None,
+                tls: http_tls.clone().flatten(),
             }),
         })
     }

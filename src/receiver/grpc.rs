@@ -147,15 +147,35 @@ pub async fn serve_grpc(
         gate: Gate::new(settings.auth.as_ref(), receiver, Transport::Grpc).map(Arc::new),
         max_message_bytes: settings.max_message_bytes,
     };
-    let incoming = tokio_stream_listener(listener);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         // OTLP requests are large (hundreds of KB): small HTTP/2 windows made each request wait
         // for several window updates.
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
-        .await
+        .add_service(service);
+    let stop = shutdown.clone();
+    let stopped = async move { stop.cancelled().await };
+    match &settings.tls {
+        None => {
+            let incoming = tokio_stream_listener(listener);
+            server.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+        Some(tls) => {
+            use tokio_stream::StreamExt;
+            let connections =
+                match super::tls::accept_tls(listener, tls, &[b"h2"], "grpc", shutdown) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Checked at config time; a file that went away since is reported here.
+                        tracing::error!("OTLP/gRPC receiver {receiver}: TLS: {e}");
+                        return Ok(());
+                    }
+                };
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
+                .map(Ok::<_, std::io::Error>);
+            server.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    }
 }
 
 /// Accepted connections, with Nagle's algorithm off: tonic's own `tcp_nodelay` setting does not

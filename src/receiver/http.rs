@@ -54,7 +54,22 @@ pub async fn serve_http(
         .route(&settings.traces_path, post(export))
         .layer(DefaultBodyLimit::disable())
         .with_state(state);
-    crate::telemetry::serve(listener, router, shutdown).await
+    let Some(tls) = &settings.tls else {
+        return crate::telemetry::serve(listener, router, shutdown).await;
+    };
+    let local = listener.local_addr()?;
+    let connections = super::tls::accept_tls(
+        listener,
+        tls,
+        &[b"h2", b"http/1.1"],
+        "http",
+        shutdown.clone(),
+    )
+    .map_err(std::io::Error::other)?;
+    let listener = super::tls::TlsListener { connections, local };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {

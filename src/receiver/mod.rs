@@ -10,6 +10,7 @@
 pub mod config;
 mod grpc;
 mod http;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ pub use http::serve_http;
 use crate::auth::{AuthError, ServerAuth};
 use crate::otlp::{parse_export_request, Incoming, Refusal, TraceConsumer, WireError};
 use crate::telemetry::{catalog, LogEvery};
+use tls::ServerTlsSettings;
 
 /// `receivers.otlp`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,7 @@ pub struct GrpcServerSettings {
     pub max_message_bytes: usize,
     /// `auth`: requests without valid credentials are refused (UNAUTHENTICATED).
     pub auth: Option<ServerAuth>,
+    pub tls: Option<ServerTlsSettings>,
 }
 
 /// `protocols.http`, validated.
@@ -50,6 +53,7 @@ pub struct HttpServerSettings {
     pub body_limit: usize,
     /// `auth`: requests without valid credentials are refused (401).
     pub auth: Option<ServerAuth>,
+    pub tls: Option<ServerTlsSettings>,
 }
 
 /// The transport a request came in on, for metrics.

@@ -337,6 +337,9 @@ declare! {
     RECEIVER_UNAUTHENTICATED_REQUESTS = Counter "tailgate_receiver_unauthenticated_requests" ["receiver", "transport"] "{requests}"
         "Requests refused before their body was read because their credentials were missing or wrong (UNAUTHENTICATED / HTTP 401).";
 
+    RECEIVER_TLS_HANDSHAKE_FAILURES = Counter "tailgate_receiver_tls_handshake_failures" ["transport"] "{connections}"
+        "Connections to a TLS receiver that did not complete a handshake (no or an untrusted client certificate, a plain-text client, a timeout).";
+
     // The sampler's buffer and decisions.
     NEW_TRACES = Counter "otelcol_processor_tail_sampling_new_trace_id_received" [] "{traces}"
         "Traces the buffer started holding.";
