@@ -32,6 +32,7 @@ use crate::exporter::config::{
 };
 use crate::exporter::{BatchConfig, ExporterSettings};
 use crate::receiver::config::OtlpReceiverConfig;
+use crate::receiver::limiter::{MemoryLimiterConfig, MemoryLimiterSettings};
 use crate::receiver::ReceiverSettings;
 use crate::sampler::config::TailSamplingConfig;
 use crate::sampler::SamplerSettings;
@@ -92,6 +93,7 @@ pub enum ReceiverConfig {
 pub enum ProcessorConfig {
     TailSampling(TailSamplingConfig),
     Batch(BatchConfig),
+    MemoryLimiter(MemoryLimiterConfig),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -186,6 +188,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Things in the config that are accepted but have no effect, logged as warnings at start.
     pub notices: Vec<String>,
+    /// The pipeline's `memory_limiter`, applied at the door whatever its position.
+    pub memory_limiter: Option<MemoryLimiterSettings>,
 }
 
 /// The whole config, every component parsed into its typed block, and the settings it validated
@@ -296,6 +300,7 @@ fn parse_components(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Parsed {
                 parse_tail_sampling(&path, value, errors).map(ProcessorConfig::TailSampling)
             }
             "batch" => parse_block(&path, value).map(ProcessorConfig::Batch),
+            "memory_limiter" => parse_block(&path, value).map(ProcessorConfig::MemoryLimiter),
             other => Err(unsupported("processor", other, &path)),
         };
         if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
@@ -374,6 +379,7 @@ struct ComponentSettings {
     receivers: BTreeMap<String, ReceiverSettings>,
     samplers: BTreeMap<String, SamplerSettings>,
     batches: BTreeMap<String, BatchConfig>,
+    limiters: BTreeMap<String, MemoryLimiterSettings>,
     exporters: BTreeMap<String, ExporterSettings>,
     balancers: BTreeMap<String, BalancerSettings>,
     health_checks: BTreeMap<String, HealthSettings>,
@@ -391,6 +397,7 @@ impl Parsed {
         let mut notices = self.inert_extensions();
         let (receivers, mut role) = self.traces_pipeline(&components, errors, &mut notices)?;
         fit_peer_requests(&mut role, &receivers);
+        let memory_limiter = self.pipeline_limiter(&components);
         Some(Settings {
             receivers,
             role,
@@ -398,6 +405,7 @@ impl Parsed {
             telemetry,
             shutdown_grace: self.service.shutdown_grace_period,
             notices,
+            memory_limiter,
         })
     }
 
@@ -407,6 +415,7 @@ impl Parsed {
             receivers: BTreeMap::new(),
             samplers: BTreeMap::new(),
             batches: BTreeMap::new(),
+            limiters: BTreeMap::new(),
             exporters: BTreeMap::new(),
             balancers: BTreeMap::new(),
             health_checks: BTreeMap::new(),
@@ -438,6 +447,12 @@ impl Parsed {
                 ProcessorConfig::Batch(c) => {
                     c.validate(&path, errors);
                     out.batches.insert(id.clone(), c.clone());
+                }
+                ProcessorConfig::MemoryLimiter(c) => {
+                    let total = crate::telemetry::process::total_memory_bytes();
+                    if let Some(s) = c.settings(&path, total, errors) {
+                        out.limiters.insert(id.clone(), s);
+                    }
                 }
             }
         }
@@ -622,6 +637,19 @@ impl Parsed {
         Some((receivers, role?))
     }
 
+    /// The traces pipeline's memory limiter (at most one; checked with the pipeline).
+    fn pipeline_limiter(&self, components: &ComponentSettings) -> Option<MemoryLimiterSettings> {
+        let (_, pipeline) = self
+            .service
+            .pipelines
+            .iter()
+            .find(|(id, _)| ComponentId::parse(id).kind == "traces")?;
+        pipeline
+            .processors
+            .iter()
+            .find_map(|p| components.limiters.get(p).cloned())
+    }
+
     /// Whether `section.name` failed to parse (its own error was reported).
     fn is_unparsed(&self, section: &str, name: &str) -> bool {
         self.unparsed.contains(&format!("{section}.{name}"))
@@ -666,6 +694,7 @@ impl Parsed {
         let before = errors.len();
         let mut samplers = Vec::new();
         let mut batches = Vec::new();
+        let mut limiters = Vec::new();
         for (i, p) in pipeline.processors.iter().enumerate() {
             match self.processors.get(p) {
                 None if self.is_unparsed("processors", p) => {}
@@ -675,12 +704,13 @@ impl Parsed {
                 )),
                 Some(ProcessorConfig::TailSampling(_)) => samplers.push(p),
                 Some(ProcessorConfig::Batch(_)) => batches.push(p),
+                Some(ProcessorConfig::MemoryLimiter(_)) => limiters.push(p),
             }
         }
-        if samplers.len() > 1 || batches.len() > 1 {
+        if samplers.len() > 1 || batches.len() > 1 || limiters.len() > 1 {
             errors.push(ConfigError::new(
                 format!("{base}.processors"),
-                "at most one tail_sampling and one batch processor per pipeline",
+                "at most one tail_sampling, one batch and one memory_limiter processor per pipeline",
             ));
         }
         let (exporters, mut balancers) =
@@ -701,10 +731,14 @@ impl Parsed {
             return None;
         }
         if let Some(balancer) = balancers.pop() {
-            if !pipeline.processors.is_empty() {
+            let inert: Vec<&String> = pipeline
+                .processors
+                .iter()
+                .filter(|p| !limiters.contains(p))
+                .collect();
+            if !inert.is_empty() {
                 notices.push(format!(
-                    "{base}.processors: {:?} have no effect in a front-tier pipeline: each request's spans are routed, one request per sampler, as they arrive",
-                    pipeline.processors
+                    "{base}.processors: {inert:?} have no effect in a front-tier pipeline: each request's spans are routed, one request per sampler, as they arrive",
                 ));
             }
             return Some(Role::Balancer(balancer));

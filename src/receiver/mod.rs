@@ -10,6 +10,7 @@
 pub mod config;
 mod grpc;
 mod http;
+pub mod limiter;
 pub mod tls;
 
 use std::sync::Arc;

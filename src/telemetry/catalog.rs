@@ -340,6 +340,11 @@ declare! {
     RECEIVER_TLS_HANDSHAKE_FAILURES = Counter "tailgate_receiver_tls_handshake_failures" ["transport"] "{connections}"
         "Connections to a TLS receiver that did not complete a handshake (no or an untrusted client certificate, a plain-text client, a timeout).";
 
+    MEMORY_LIMITER_REFUSED_REQUESTS = Counter "tailgate_memory_limiter_refused_requests" [] "{requests}"
+        "Requests the memory_limiter refused with a retryable status because memory was above its soft limit (their spans are also in otelcol_receiver_refused_spans).";
+    MEMORY_LIMITER_SOFT_LIMIT = Gauge "tailgate_memory_limiter_soft_limit_bytes" [] "By"
+        "The memory_limiter's soft limit (limit minus spike limit): above it new data is refused.";
+
     // The sampler's buffer and decisions.
     NEW_TRACES = Counter "otelcol_processor_tail_sampling_new_trace_id_received" [] "{traces}"
         "Traces the buffer started holding.";
