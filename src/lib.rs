@@ -8,7 +8,8 @@
 //!    authentication extensions): no stage, no config;
 //! 2. [`policy`] (pure sampling policies), [`exporter`] (queues, retries, transports, the
 //!    batcher), [`routing`] (resolver, ring, per-owner routing);
-//! 3. the stages: [`receiver`], [`sampler`] (buffer, decisions, cluster), [`balancer`];
+//! 3. the stages: [`receiver`], [`sampler`] (buffer, decisions, cluster), [`balancer`],
+//!    [`processor`] (filter, resource and attributes in front of them);
 //! 4. [`config`]: the YAML file validated into typed settings;
 //! 5. [`app`]: wiring the stages by role, and the shutdown sequence.
 //!
@@ -21,6 +22,7 @@ pub mod config;
 pub mod exporter;
 pub mod otlp;
 pub mod policy;
+pub mod processor;
 pub mod receiver;
 pub mod routing;
 pub mod sampler;

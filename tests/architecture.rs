@@ -21,6 +21,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("exporter", &["otlp", "yaml", "telemetry", "auth"]),
     ("routing", &["otlp", "yaml", "telemetry", "exporter"]),
     ("receiver", &["otlp", "yaml", "telemetry", "auth"]),
+    ("processor", &["otlp", "yaml", "telemetry", "policy"]),
     (
         "sampler",
         &["otlp", "yaml", "telemetry", "policy", "exporter", "routing"],
@@ -40,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "exporter",
             "routing",
             "receiver",
+            "processor",
             "sampler",
             "balancer",
         ],
@@ -55,6 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "exporter",
             "routing",
             "receiver",
+            "processor",
             "sampler",
             "balancer",
             "config",

@@ -23,6 +23,7 @@ use crate::balancer::Balancer;
 use crate::config::{Role, Settings};
 use crate::exporter::{Exporter, PassThrough, Pipeline};
 use crate::otlp::TraceConsumer;
+use crate::processor::Processors;
 use crate::receiver::limiter::MemoryLimiter;
 use crate::receiver::{serve_grpc, serve_http};
 use crate::sampler::{Sampler, SamplerSettings};
@@ -225,6 +226,8 @@ pub async fn run(
     // Resolvers and peer-following tasks: stopped last.
     let background = CancellationToken::new();
     let (stages, consumer) = start_stages(&settings.role, &background)?;
+    // Filter, resource and attributes run before anything is buffered or routed.
+    let consumer = Processors::wrap(&settings.span_processors, consumer);
     // The memory limiter guards the door, whatever its place in `processors`.
     let consumer: Arc<dyn TraceConsumer> = match &settings.memory_limiter {
         Some(limits) => MemoryLimiter::start(limits, consumer, background.clone()),

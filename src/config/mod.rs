@@ -31,6 +31,7 @@ use crate::exporter::config::{
     DebugExporterConfig, FileExporterConfig, OtlpExporterConfig, OtlpHttpExporterConfig,
 };
 use crate::exporter::{BatchConfig, ExporterSettings};
+use crate::processor::{AttributesConfig, FilterConfig, ResourceConfig, StageSettings};
 use crate::receiver::config::OtlpReceiverConfig;
 use crate::receiver::limiter::{MemoryLimiterConfig, MemoryLimiterSettings};
 use crate::receiver::ReceiverSettings;
@@ -94,6 +95,9 @@ pub enum ProcessorConfig {
     TailSampling(TailSamplingConfig),
     Batch(BatchConfig),
     MemoryLimiter(MemoryLimiterConfig),
+    Filter(FilterConfig),
+    Resource(ResourceConfig),
+    Attributes(AttributesConfig),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -190,6 +194,8 @@ pub struct Settings {
     pub notices: Vec<String>,
     /// The pipeline's `memory_limiter`, applied at the door whatever its position.
     pub memory_limiter: Option<MemoryLimiterSettings>,
+    /// The pipeline's `filter`, `resource` and `attributes` processors, in pipeline order.
+    pub span_processors: Vec<StageSettings>,
 }
 
 /// The whole config, every component parsed into its typed block, and the settings it validated
@@ -301,6 +307,9 @@ fn parse_components(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Parsed {
             }
             "batch" => parse_block(&path, value).map(ProcessorConfig::Batch),
             "memory_limiter" => parse_block(&path, value).map(ProcessorConfig::MemoryLimiter),
+            "filter" => parse_block(&path, value).map(ProcessorConfig::Filter),
+            "resource" => parse_block(&path, value).map(ProcessorConfig::Resource),
+            "attributes" => parse_block(&path, value).map(ProcessorConfig::Attributes),
             other => Err(unsupported("processor", other, &path)),
         };
         if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
@@ -380,6 +389,7 @@ struct ComponentSettings {
     samplers: BTreeMap<String, SamplerSettings>,
     batches: BTreeMap<String, BatchConfig>,
     limiters: BTreeMap<String, MemoryLimiterSettings>,
+    stages: BTreeMap<String, StageSettings>,
     exporters: BTreeMap<String, ExporterSettings>,
     balancers: BTreeMap<String, BalancerSettings>,
     health_checks: BTreeMap<String, HealthSettings>,
@@ -398,6 +408,7 @@ impl Parsed {
         let (receivers, mut role) = self.traces_pipeline(&components, errors, &mut notices)?;
         fit_peer_requests(&mut role, &receivers);
         let memory_limiter = self.pipeline_limiter(&components);
+        let span_processors = self.pipeline_stages(&components);
         Some(Settings {
             receivers,
             role,
@@ -406,6 +417,7 @@ impl Parsed {
             shutdown_grace: self.service.shutdown_grace_period,
             notices,
             memory_limiter,
+            span_processors,
         })
     }
 
@@ -416,6 +428,7 @@ impl Parsed {
             samplers: BTreeMap::new(),
             batches: BTreeMap::new(),
             limiters: BTreeMap::new(),
+            stages: BTreeMap::new(),
             exporters: BTreeMap::new(),
             balancers: BTreeMap::new(),
             health_checks: BTreeMap::new(),
@@ -452,6 +465,21 @@ impl Parsed {
                     let total = crate::telemetry::process::total_memory_bytes();
                     if let Some(s) = c.settings(&path, total, errors) {
                         out.limiters.insert(id.clone(), s);
+                    }
+                }
+                ProcessorConfig::Filter(c) => {
+                    if let Some(s) = c.settings(id, &path, errors) {
+                        out.stages.insert(id.clone(), s);
+                    }
+                }
+                ProcessorConfig::Resource(c) => {
+                    if let Some(s) = c.settings(&path, errors) {
+                        out.stages.insert(id.clone(), s);
+                    }
+                }
+                ProcessorConfig::Attributes(c) => {
+                    if let Some(s) = c.settings(&path, errors) {
+                        out.stages.insert(id.clone(), s);
                     }
                 }
             }
@@ -650,6 +678,23 @@ impl Parsed {
             .find_map(|p| components.limiters.get(p).cloned())
     }
 
+    /// The traces pipeline's filter, resource and attributes processors, in its order.
+    fn pipeline_stages(&self, components: &ComponentSettings) -> Vec<StageSettings> {
+        let Some((_, pipeline)) = self
+            .service
+            .pipelines
+            .iter()
+            .find(|(id, _)| ComponentId::parse(id).kind == "traces")
+        else {
+            return Vec::new();
+        };
+        pipeline
+            .processors
+            .iter()
+            .filter_map(|p| components.stages.get(p).cloned())
+            .collect()
+    }
+
     /// Whether `section.name` failed to parse (its own error was reported).
     fn is_unparsed(&self, section: &str, name: &str) -> bool {
         self.unparsed.contains(&format!("{section}.{name}"))
@@ -695,6 +740,7 @@ impl Parsed {
         let mut samplers = Vec::new();
         let mut batches = Vec::new();
         let mut limiters = Vec::new();
+        let mut span_stages = Vec::new();
         for (i, p) in pipeline.processors.iter().enumerate() {
             match self.processors.get(p) {
                 None if self.is_unparsed("processors", p) => {}
@@ -705,6 +751,11 @@ impl Parsed {
                 Some(ProcessorConfig::TailSampling(_)) => samplers.push(p),
                 Some(ProcessorConfig::Batch(_)) => batches.push(p),
                 Some(ProcessorConfig::MemoryLimiter(_)) => limiters.push(p),
+                Some(
+                    ProcessorConfig::Filter(_)
+                    | ProcessorConfig::Resource(_)
+                    | ProcessorConfig::Attributes(_),
+                ) => span_stages.push(p),
             }
         }
         if samplers.len() > 1 || batches.len() > 1 || limiters.len() > 1 {
@@ -734,7 +785,7 @@ impl Parsed {
             let inert: Vec<&String> = pipeline
                 .processors
                 .iter()
-                .filter(|p| !limiters.contains(p))
+                .filter(|p| !limiters.contains(p) && !span_stages.contains(p))
                 .collect();
             if !inert.is_empty() {
                 notices.push(format!(

@@ -345,6 +345,12 @@ declare! {
     MEMORY_LIMITER_SOFT_LIMIT = Gauge "tailgate_memory_limiter_soft_limit_bytes" [] "By"
         "The memory_limiter's soft limit (limit minus spike limit): above it new data is refused.";
 
+    // The filter, resource and attributes processors.
+    FILTER_SPANS_FILTERED = Counter "otelcol_processor_filter_spans_filtered" ["filter"] "{spans}"
+        "Spans a filter processor dropped because they matched its conditions, before they were buffered.";
+    FILTER_ERRORS = Counter "tailgate_processor_filter_errors" ["filter"] "{spans}"
+        "Spans a filter condition failed on at run time; they were kept.";
+
     // The sampler's buffer and decisions.
     NEW_TRACES = Counter "otelcol_processor_tail_sampling_new_trace_id_received" [] "{traces}"
         "Traces the buffer started holding.";
