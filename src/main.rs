@@ -135,7 +135,11 @@ fn main() -> ExitCode {
         }
         Command::Validate(path) => {
             return match Config::load(&path) {
-                Ok(_) => {
+                Ok(config) => {
+                    // What is accepted but has no effect is said here too, not only at start.
+                    for notice in &config.settings.notices {
+                        eprintln!("warning: {notice}");
+                    }
                     println!("{}: config is valid", path.display());
                     ExitCode::SUCCESS
                 }
