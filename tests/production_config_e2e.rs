@@ -271,3 +271,52 @@ service:
         "{logs}"
     );
 }
+
+/// `sampling_strategy: span-ingest` decides a trace when its first batch arrives, not
+/// `decision_wait` later (here an hour), and its later spans follow the decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn span_ingest_decides_each_trace_as_its_first_batch_arrives() {
+    let backend = RecordingBackend::start_http().await;
+    let (grpc, health, metrics) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{grpc}"}}
+processors:
+  tail_sampling:
+    decision_wait: 1h
+    sampling_strategy: span-ingest
+    policies:
+      - {{name: errors, type: status_code, status_code: {{status_codes: [ERROR]}}}}
+exporters:
+  otlphttp:
+    endpoint: {backend}
+    compression: none
+extensions:
+  health_check: {{endpoint: "127.0.0.1:{health}"}}
+service:
+  extensions: [health_check]
+  telemetry: {{metrics: {{address: "127.0.0.1:{metrics}"}}}}
+  pipelines:
+    traces: {{receivers: [otlp], processors: [tail_sampling], exporters: [otlphttp]}}
+"#,
+        backend = backend.endpoint()
+    );
+    let _gateway = Gateway::start(&config).await;
+    let mut client = otlp::grpc_client(&format!("http://127.0.0.1:{grpc}")).await;
+    let mut first = otlp::span(otlp::trace_id(0x51), otlp::span_id(1), "first batch");
+    otlp::set_error(&mut first, "boom");
+    client
+        .export(otlp::request("api", vec![first]))
+        .await
+        .unwrap();
+    backend.wait_for_spans(1, WAIT).await.unwrap();
+    let late = otlp::span(otlp::trace_id(0x51), otlp::span_id(2), "later batch");
+    client
+        .export(otlp::request("api", vec![late]))
+        .await
+        .unwrap();
+    backend.wait_for_spans(2, WAIT).await.unwrap();
+}
