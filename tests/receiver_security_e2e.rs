@@ -581,3 +581,42 @@ service:
     }
     assert_eq!(recorder.spans()[0].span.name, "via override");
 }
+
+/// The gRPC exporter sends its authenticator's credentials as request metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otlp_exporter_sends_its_authenticators_token() {
+    let backend = RecordingBackend::start_grpc().await;
+    let (grpc, health, metrics) = (free_port(), free_port(), free_port());
+    let config = format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc: {{endpoint: "127.0.0.1:{grpc}"}}
+exporters:
+  otlp/tempo:
+    endpoint: {backend}
+    tls: {{insecure: true}}
+    auth: {{authenticator: bearertokenauth/tempo}}
+extensions:
+  health_check: {{endpoint: "127.0.0.1:{health}"}}
+  bearertokenauth/tempo:
+    scheme: Token
+    token: "grpc-SECRET"
+service:
+  extensions: [health_check, bearertokenauth/tempo]
+  telemetry: {{metrics: {{address: "127.0.0.1:{metrics}"}}}}
+  pipelines:
+    traces: {{receivers: [otlp], exporters: [otlp/tempo]}}
+"#,
+        backend = backend.addr()
+    );
+    let gateway = Gateway::start(&config).await;
+    grpc_send(grpc, None, "to tempo", 1).await.unwrap();
+    backend.wait_for_spans(1, WAIT).await.unwrap();
+    assert_eq!(
+        backend.requests()[0].header("authorization"),
+        Some("Token grpc-SECRET")
+    );
+    assert!(!gateway.logs().contains("SECRET"));
+}
