@@ -271,3 +271,146 @@ impl TraceConsumer for Processors {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::parse_export_request;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    use std::sync::Mutex;
+
+    /// What reached the consumer: (the body's address, each span's bytes, each origin's resource).
+    #[derive(Default)]
+    struct Seen {
+        body_at: usize,
+        spans: Vec<Vec<u8>>,
+        resources: Vec<Vec<u8>>,
+    }
+
+    #[derive(Default)]
+    struct Capture(Mutex<Seen>);
+
+    impl TraceConsumer for Capture {
+        fn consume<'a>(&'a self, r: Incoming<'a>) -> BoxFuture<'a, Result<(), Refusal>> {
+            let mut seen = self.0.lock().unwrap();
+            seen.body_at = r.body.as_ptr() as usize;
+            seen.spans = r
+                .parsed
+                .spans
+                .iter()
+                .map(|s| r.body[s.range.0..s.range.1].to_vec())
+                .collect();
+            seen.resources = r
+                .parsed
+                .origins
+                .iter()
+                .map(|o| o.resource.as_deref().unwrap_or(&[]).to_vec())
+                .collect();
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn span(n: u8, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![n; 16],
+            span_id: vec![n; 8],
+            name: format!("span {n}"),
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn actions(yaml: &str) -> Vec<ActionSettings> {
+        let list: Vec<ActionConfig> = serde_yaml::from_str(yaml).unwrap();
+        let mut errors = vec![];
+        let out = list
+            .iter()
+            .filter_map(|a| a.settings("a", &mut errors))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        out
+    }
+
+    async fn run(stages: Vec<StageSettings>, body: &[u8]) -> Seen {
+        let capture = Arc::new(Capture::default());
+        let processors = Processors::wrap(&stages, capture.clone());
+        let parsed = parse_export_request(body).unwrap();
+        processors
+            .consume(Incoming {
+                body,
+                parsed,
+                hops: 0,
+            })
+            .await
+            .unwrap();
+        let seen = std::mem::take(&mut *capture.0.lock().unwrap());
+        seen
+    }
+
+    #[tokio::test]
+    async fn resources_are_edited_once_and_only_touched_spans_are_re_encoded() {
+        let spans = vec![
+            span(1, vec![kv("keep", "a")]),
+            span(2, vec![kv("secret", "x"), kv("keep", "b")]),
+            span(3, vec![]),
+        ];
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv("service.name", "api")],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: spans.clone(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let body = request.encode_to_vec();
+        let seen = run(
+            vec![
+                StageSettings::Resource(actions("[{key: env, action: insert, value: prod}]")),
+                StageSettings::Attributes(actions("[{key: secret, action: delete}]")),
+            ],
+            &body,
+        )
+        .await;
+        // One resource, rewritten once, shared by the three spans.
+        assert_eq!(seen.resources.len(), 1);
+        let resource = Resource::decode(&seen.resources[0][..]).unwrap();
+        assert_eq!(
+            resource.attributes,
+            vec![kv("service.name", "api"), kv("env", "prod")]
+        );
+        // Spans 1 and 3 byte for byte; span 2 without its secret.
+        assert_eq!(seen.spans[0], spans[0].encode_to_vec());
+        assert_eq!(seen.spans[2], spans[2].encode_to_vec());
+        let edited = Span::decode(&seen.spans[1][..]).unwrap();
+        assert_eq!(edited.attributes, vec![kv("keep", "b")]);
+
+        // Nothing to change: the consumer gets the very body that came in.
+        let seen = run(
+            vec![StageSettings::Attributes(actions(
+                "[{key: absent, action: update, value: x}]",
+            ))],
+            &body,
+        )
+        .await;
+        assert_eq!(seen.body_at, body.as_ptr() as usize);
+    }
+}
