@@ -29,6 +29,9 @@
 #   CONCURRENCY=64        overload mode's requests in flight
 #   MAX_BUFFERED_BYTES=268435456  overload mode's limit (256 MiB)
 #   OVERFLOW=decide       overload mode: decide (oldest traces decided early) or block
+#   MEMORY_LIMIT_MIB=     overload mode: bound memory with the memory_limiter processor
+#                         (limit_mib this, spike_limit_mib a fifth, check_interval 100ms) instead
+#                         of max_buffered_bytes; the peak RSS is reported against the limit
 #   PORT=14317            OTLP/gRPC port the gateway listens on (127.0.0.1)
 #   METRICS_PORT=18888    the gateway's own metrics port (127.0.0.1)
 #   GATEWAY_CPU=1         CPU the gateway is pinned to
@@ -151,6 +154,7 @@ receivers:
       grpc:
         endpoint: 127.0.0.1:$port
 processors:
+${memory_limiter_block:-}
   tail_sampling:
     decision_wait: $1
     num_traces: $2
@@ -172,7 +176,7 @@ service:
   pipelines:
     traces:
       receivers: [otlp]
-      processors: [tail_sampling]
+      processors: [${memory_limiter_block:+memory_limiter, }tail_sampling]
       exporters: [$name]
 EOF
 }
@@ -359,6 +363,15 @@ overload_mode() {
   extra="    max_buffered_bytes: $limit"
   [[ $overflow == block ]] && extra="$extra
     block_on_overflow: true"
+  if [[ -n ${MEMORY_LIMIT_MIB:-} ]]; then
+    # The memory limiter alone bounds memory: no byte limit on the buffer.
+    extra=""
+    limit=0
+    memory_limiter_block="  memory_limiter:
+    check_interval: 100ms
+    limit_mib: $MEMORY_LIMIT_MIB
+    spike_limit_mib: $((MEMORY_LIMIT_MIB / 5))"
+  fi
   # num_traces well above what fits in max_buffered_bytes, so the byte limit is the one reached.
   write_config 5s 200000 "$extra" "  file:
     path: $workdir/kept.bin
@@ -379,7 +392,7 @@ overload_mode() {
   ticks_after=$(cpu_ticks)
   hwm=$(status_kib VmHWM)
   counters=$(curl -sf "http://127.0.0.1:$metrics_port/metrics" |
-    grep -E '^(tailgate_traces_decided_early_total|tailgate_buffer_overflow_refusals_total|otelcol_receiver_refused_spans)' |
+    grep -E '^(tailgate_traces_decided_early_total|tailgate_buffer_overflow_refusals_total|otelcol_receiver_refused_spans|tailgate_memory_limiter_refused_requests)' |
     tr '\n' ' ' || true)
   stop_gateway
   check=$(python3 "$repo/bench/check_traces.py" "$workdir/kept.bin" 8) || true
@@ -392,7 +405,7 @@ overload_mode() {
   echo "  throughput           $(calc %.0f "$rate_got") spans/s accepted ($sent spans)"
   echo "  client               $retries retries, $failures failed requests"
   echo "  gateway CPU          $(calc %.2f "($ticks_after - $ticks_before) / $hz") s"
-  echo "  peak RSS             $(calc %.1f "$hwm / 1024") MiB (VmHWM; sampled every 0.2 s: $(calc %.1f "$peak / 1024") MiB); max_buffered_bytes $(calc %.1f "$limit / 1048576") MiB"
+  echo "  peak RSS             $(calc %.1f "$hwm / 1024") MiB (VmHWM; sampled every 0.2 s: $(calc %.1f "$peak / 1024") MiB); max_buffered_bytes $(calc %.1f "$limit / 1048576") MiB${MEMORY_LIMIT_MIB:+, memory_limiter limit_mib $MEMORY_LIMIT_MIB}"
   echo "  counters             $counters"
   echo "  kept traces          $check"
 }

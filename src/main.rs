@@ -238,7 +238,11 @@ fn main() -> ExitCode {
         }
         Command::Validate(options) => {
             return match options.load() {
-                Ok(_) => {
+                Ok(settings) => {
+                    // What is accepted but has no effect is said here too, not only at start.
+                    for notice in &settings.notices {
+                        eprintln!("warning: {notice}");
+                    }
                     println!("{}: config is valid", options.config.display());
                     ExitCode::SUCCESS
                 }

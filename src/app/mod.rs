@@ -24,6 +24,8 @@ use crate::balancer::Balancer;
 use crate::config::{Role, Settings};
 use crate::exporter::{Exporter, PassThrough, Pipeline};
 use crate::otlp::TraceConsumer;
+use crate::processor::Processors;
+use crate::receiver::limiter::MemoryLimiter;
 use crate::receiver::{serve_grpc, serve_http, Door};
 use crate::sampler::Sampler;
 use crate::telemetry::{self, Health};
@@ -209,6 +211,13 @@ pub async fn run(
     // Resolvers and peer-following tasks: stopped last.
     let background = CancellationToken::new();
     let (stages, consumer) = start_stages(&settings.role, &background)?;
+    // Filter, resource and attributes run before anything is buffered or routed.
+    let consumer = Processors::wrap(&settings.span_processors, consumer);
+    // The memory limiter guards the door, whatever its place in `processors`.
+    let consumer: Arc<dyn TraceConsumer> = match &settings.memory_limiter {
+        Some(limits) => MemoryLimiter::start(limits, consumer, background.clone()),
+        None => consumer,
+    };
     // Bind everything before reporting ready.
     let receivers_stop = CancellationToken::new();
     let receivers = start_receivers(&settings, &consumer, &receivers_stop).await?;

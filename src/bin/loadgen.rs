@@ -15,7 +15,8 @@
 //!    encoded wire format. Timestamps are those of the pool's build and are not rewritten.
 //!
 //! Retryable statuses (`UNAVAILABLE`, `RESOURCE_EXHAUSTED`) are retried after a capped exponential
-//! backoff and counted. The run ends with one JSON line of results on stdout.
+//! backoff and counted. The run ends with one JSON line of results on stdout, with each
+//! acknowledged request's latency (send to reply, retries included) as p50/p99/p999/max.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -845,6 +846,8 @@ struct Counters {
     requests: AtomicU64,
     retries: AtomicU64,
     failures: AtomicU64,
+    /// Each acknowledged request's latency (send to reply, retries included), in microseconds.
+    latencies_us: std::sync::Mutex<Vec<u32>>,
 }
 
 struct Report {
@@ -854,9 +857,20 @@ struct Report {
     failures: u64,
     elapsed: Duration,
     avg_span_bytes: f64,
+    /// Acknowledged requests' latencies in microseconds, sorted.
+    latencies_us: Vec<u32>,
 }
 
 impl Report {
+    /// The latency below which `q` of the acknowledged requests were answered, in ms.
+    fn latency_ms(&self, q: f64) -> f64 {
+        let Some(last) = self.latencies_us.len().checked_sub(1) else {
+            return 0.0;
+        };
+        let at = ((last as f64) * q).round() as usize;
+        (f64::from(self.latencies_us[at]) / 1e3 * 100.0).round() / 100.0
+    }
+
     fn to_json(&self) -> serde_json::Value {
         let elapsed_s = self.elapsed.as_secs_f64();
         serde_json::json!({
@@ -867,6 +881,12 @@ impl Report {
             "elapsed_s": (elapsed_s * 1e3).round() / 1e3,
             "spans_per_s": (self.spans_sent as f64 / elapsed_s).round(),
             "avg_span_bytes": (self.avg_span_bytes * 10.0).round() / 10.0,
+            "latency_ms": {
+                "p50": self.latency_ms(0.5),
+                "p99": self.latency_ms(0.99),
+                "p999": self.latency_ms(0.999),
+                "max": self.latency_ms(1.0),
+            },
         })
     }
 }
@@ -911,6 +931,8 @@ async fn send_all(options: &Options, pool: Pool) -> anyhow::Result<Report> {
         worker.await.context("a worker panicked")?;
     }
     let elapsed = start.elapsed();
+    let mut latencies_us = std::mem::take(&mut *counters.latencies_us.lock().unwrap());
+    latencies_us.sort_unstable();
 
     Ok(Report {
         spans_sent: counters.spans.load(Ordering::Relaxed),
@@ -919,6 +941,7 @@ async fn send_all(options: &Options, pool: Pool) -> anyhow::Result<Report> {
         failures: counters.failures.load(Ordering::Relaxed),
         elapsed,
         avg_span_bytes,
+        latencies_us,
     })
 }
 
@@ -939,8 +962,11 @@ async fn worker(
         }
         let template = &schedule.pool.templates[job.index];
         let body = template.body(job.round, schedule.seed);
+        let sent = Instant::now();
         match export(&mut client, body, &counters).await {
             Ok(()) => {
+                let latency = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                counters.latencies_us.lock().unwrap().push(latency);
                 counters.spans.fetch_add(template.spans, Ordering::Relaxed);
                 counters.requests.fetch_add(1, Ordering::Relaxed);
             }

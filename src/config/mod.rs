@@ -24,13 +24,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::auth::{AuthExtensionConfig, AuthenticatorRef, ClientAuth, ServerAuth};
 use crate::balancer::config::LoadBalancingConfig;
 use crate::balancer::BalancerSettings;
 use crate::exporter::config::{
     DebugExporterConfig, FileExporterConfig, OtlpExporterConfig, OtlpHttpExporterConfig,
 };
 use crate::exporter::{BatchConfig, ExporterSettings};
+use crate::processor::{AttributesConfig, FilterConfig, ResourceConfig, StageSettings};
 use crate::receiver::config::OtlpReceiverConfig;
+use crate::receiver::limiter::{MemoryLimiterConfig, MemoryLimiterSettings};
 use crate::receiver::ReceiverSettings;
 use crate::sampler::config::TailSamplingConfig;
 use crate::sampler::SamplerSettings;
@@ -91,6 +94,10 @@ pub enum ReceiverConfig {
 pub enum ProcessorConfig {
     TailSampling(TailSamplingConfig),
     Batch(BatchConfig),
+    MemoryLimiter(MemoryLimiterConfig),
+    Filter(FilterConfig),
+    Resource(ResourceConfig),
+    Attributes(AttributesConfig),
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -106,6 +113,13 @@ pub enum ExporterConfig {
 #[derive(Debug, Clone)]
 pub enum ExtensionConfig {
     HealthCheck(HealthCheckConfig),
+    /// `bearertokenauth` and `basicauth`, used by receivers and exporters through `auth`.
+    Auth(AuthExtensionConfig),
+    /// `pprof` and `zpages`: accepted so production configs load unchanged, but they do nothing
+    /// in tailgate (a warning at start-up says so). The block is kept as written.
+    Inert {
+        kind: String,
+    },
 }
 
 /// `service.pipelines.<id>`.
@@ -178,6 +192,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Things in the config that are accepted but have no effect, logged as warnings at start.
     pub notices: Vec<String>,
+    /// The pipeline's `memory_limiter`, applied at the door whatever its position.
+    pub memory_limiter: Option<MemoryLimiterSettings>,
+    /// The pipeline's `filter`, `resource` and `attributes` processors, in pipeline order.
+    pub span_processors: Vec<StageSettings>,
 }
 
 /// The whole config, every component parsed into its typed block, and the settings it validated
@@ -288,6 +306,10 @@ fn parse_components(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Parsed {
                 parse_tail_sampling(&path, value, errors).map(ProcessorConfig::TailSampling)
             }
             "batch" => parse_block(&path, value).map(ProcessorConfig::Batch),
+            "memory_limiter" => parse_block(&path, value).map(ProcessorConfig::MemoryLimiter),
+            "filter" => parse_block(&path, value).map(ProcessorConfig::Filter),
+            "resource" => parse_block(&path, value).map(ProcessorConfig::Resource),
+            "attributes" => parse_block(&path, value).map(ProcessorConfig::Attributes),
             other => Err(unsupported("processor", other, &path)),
         };
         if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
@@ -314,6 +336,13 @@ fn parse_components(raw: RawConfig, errors: &mut Vec<ConfigError>) -> Parsed {
         let path = format!("extensions.{id}");
         let result = match ComponentId::parse(&id).kind.as_str() {
             "health_check" => parse_block(&path, value).map(ExtensionConfig::HealthCheck),
+            "bearertokenauth" => parse_block(&path, value)
+                .map(|c| ExtensionConfig::Auth(AuthExtensionConfig::BearerToken(c))),
+            "basicauth" => parse_block(&path, value)
+                .map(|c| ExtensionConfig::Auth(AuthExtensionConfig::Basic(c))),
+            kind @ ("pprof" | "zpages") => Ok(ExtensionConfig::Inert {
+                kind: kind.to_string(),
+            }),
             other => Err(unsupported("extension", other, &path)),
         };
         if let Some(c) = keep(result, &path, errors, &mut parsed.unparsed) {
@@ -359,6 +388,8 @@ struct ComponentSettings {
     receivers: BTreeMap<String, ReceiverSettings>,
     samplers: BTreeMap<String, SamplerSettings>,
     batches: BTreeMap<String, BatchConfig>,
+    limiters: BTreeMap<String, MemoryLimiterSettings>,
+    stages: BTreeMap<String, StageSettings>,
     exporters: BTreeMap<String, ExporterSettings>,
     balancers: BTreeMap<String, BalancerSettings>,
     health_checks: BTreeMap<String, HealthSettings>,
@@ -373,9 +404,11 @@ impl Parsed {
             return None;
         }
         let health_checks = self.service_extensions(&components, errors);
-        let mut notices = Vec::new();
+        let mut notices = self.inert_extensions();
         let (receivers, mut role) = self.traces_pipeline(&components, errors, &mut notices)?;
         fit_peer_requests(&mut role, &receivers);
+        let memory_limiter = self.pipeline_limiter(&components);
+        let span_processors = self.pipeline_stages(&components);
         Some(Settings {
             receivers,
             role,
@@ -383,6 +416,8 @@ impl Parsed {
             telemetry,
             shutdown_grace: self.service.shutdown_grace_period,
             notices,
+            memory_limiter,
+            span_processors,
         })
     }
 
@@ -392,6 +427,8 @@ impl Parsed {
             receivers: BTreeMap::new(),
             samplers: BTreeMap::new(),
             batches: BTreeMap::new(),
+            limiters: BTreeMap::new(),
+            stages: BTreeMap::new(),
             exporters: BTreeMap::new(),
             balancers: BTreeMap::new(),
             health_checks: BTreeMap::new(),
@@ -399,7 +436,16 @@ impl Parsed {
         for (id, receiver) in &self.receivers {
             let path = format!("receivers.{id}");
             let ReceiverConfig::Otlp(c) = receiver;
-            if let Some(s) = c.settings(id, &path, errors) {
+            if let Some(mut s) = c.settings(id, &path, errors) {
+                let p = &c.protocols;
+                if let (Some(g), Some(cfg)) = (&mut s.grpc, &p.grpc) {
+                    let at = format!("{path}.protocols.grpc.auth");
+                    g.auth = self.server_auth(cfg.auth.as_ref(), &at, errors);
+                }
+                if let (Some(h), Some(cfg)) = (&mut s.http, &p.http) {
+                    let at = format!("{path}.protocols.http.auth");
+                    h.auth = self.server_auth(cfg.auth.as_ref(), &at, errors);
+                }
                 out.receivers.insert(id.clone(), s);
             }
         }
@@ -415,13 +461,40 @@ impl Parsed {
                     c.validate(&path, errors);
                     out.batches.insert(id.clone(), c.clone());
                 }
+                ProcessorConfig::MemoryLimiter(c) => {
+                    let total = crate::telemetry::process::total_memory_bytes();
+                    if let Some(s) = c.settings(&path, total, errors) {
+                        out.limiters.insert(id.clone(), s);
+                    }
+                }
+                ProcessorConfig::Filter(c) => {
+                    if let Some(s) = c.settings(id, &path, errors) {
+                        out.stages.insert(id.clone(), s);
+                    }
+                }
+                ProcessorConfig::Resource(c) => {
+                    if let Some(s) = c.settings(&path, errors) {
+                        out.stages.insert(id.clone(), s);
+                    }
+                }
+                ProcessorConfig::Attributes(c) => {
+                    if let Some(s) = c.settings(&path, errors) {
+                        out.stages.insert(id.clone(), s);
+                    }
+                }
             }
         }
         for (id, exporter) in &self.exporters {
             let path = format!("exporters.{id}");
             let settings = match exporter {
-                ExporterConfig::Otlp(c) => c.settings(id, &path, errors),
-                ExporterConfig::OtlpHttp(c) => c.settings(id, &path, errors),
+                ExporterConfig::Otlp(c) => {
+                    let auth = self.client_auth(c.auth.as_ref(), &format!("{path}.auth"), errors);
+                    c.settings_with_auth(id, &path, auth, errors)
+                }
+                ExporterConfig::OtlpHttp(c) => {
+                    let auth = self.client_auth(c.auth.as_ref(), &format!("{path}.auth"), errors);
+                    c.settings_with_auth(id, &path, auth, errors)
+                }
                 ExporterConfig::Debug(c) => c.settings(id, &path, errors),
                 ExporterConfig::File(c) => c.settings(id, &path, errors),
                 ExporterConfig::LoadBalancing(c) => {
@@ -436,11 +509,95 @@ impl Parsed {
             }
         }
         for (id, extension) in &self.extensions {
-            let ExtensionConfig::HealthCheck(c) = extension;
-            let s = c.settings(&format!("extensions.{id}"), errors);
-            out.health_checks.insert(id.clone(), s);
+            if let ExtensionConfig::HealthCheck(c) = extension {
+                let s = c.settings(&format!("extensions.{id}"), errors);
+                out.health_checks.insert(id.clone(), s);
+            }
         }
         out
+    }
+
+    /// The authentication extension `auth` (at `path`) names: defined under `extensions` as
+    /// one, and enabled in `service.extensions`, as the Collector requires.
+    fn authenticator(
+        &self,
+        auth: &AuthenticatorRef,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<&AuthExtensionConfig> {
+        let name = &auth.authenticator;
+        let at = format!("{path}.authenticator");
+        if name.is_empty() {
+            errors.push(ConfigError::new(at, "name the authentication extension"));
+            return None;
+        }
+        let found = match self.extensions.get(name) {
+            Some(ExtensionConfig::Auth(a)) => a,
+            Some(_) => {
+                errors.push(ConfigError::new(
+                    at,
+                    format!("extension `{name}` is not an authenticator (use bearertokenauth or basicauth)"),
+                ));
+                return None;
+            }
+            None if self.is_unparsed("extensions", name) => return None,
+            None => {
+                errors.push(ConfigError::new(
+                    at,
+                    format!("authenticator `{name}` is not defined under `extensions`"),
+                ));
+                return None;
+            }
+        };
+        if !self.service.extensions.contains(name) {
+            errors.push(ConfigError::new(
+                at,
+                format!("authenticator `{name}` is not enabled: add it to service.extensions"),
+            ));
+            return None;
+        }
+        Some(found)
+    }
+
+    fn server_auth(
+        &self,
+        auth: Option<&AuthenticatorRef>,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ServerAuth> {
+        let auth = auth?;
+        let ext = self.authenticator(auth, path, errors)?;
+        let name = &auth.authenticator;
+        ext.server(name, &format!("extensions.{name}"), errors)
+    }
+
+    fn client_auth(
+        &self,
+        auth: Option<&AuthenticatorRef>,
+        path: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ClientAuth> {
+        let auth = auth?;
+        let ext = self.authenticator(auth, path, errors)?;
+        ext.client(&format!("extensions.{}", auth.authenticator), errors)
+    }
+
+    /// A warning for each enabled extension that tailgate accepts but does not implement, so
+    /// that nobody waits for a profiling or zPages endpoint that never comes.
+    fn inert_extensions(&self) -> Vec<String> {
+        let mut notices = Vec::new();
+        for (i, ext) in self.service.extensions.iter().enumerate() {
+            if let Some(ExtensionConfig::Inert { kind }) = self.extensions.get(ext) {
+                let what = match kind.as_str() {
+                    "pprof" => "no profiling endpoint is served",
+                    _ => "no zPages are served; use /metrics and the logs",
+                };
+                notices.push(format!(
+                    "service.extensions[{i}]: extension `{ext}` is accepted but does nothing in tailgate: {what}"
+                ));
+            }
+        }
+        notices
     }
 
     /// The health checks `service.extensions` enables; undefined names are errors.
@@ -508,6 +665,36 @@ impl Parsed {
         Some((receivers, role?))
     }
 
+    /// The traces pipeline's memory limiter (at most one; checked with the pipeline).
+    fn pipeline_limiter(&self, components: &ComponentSettings) -> Option<MemoryLimiterSettings> {
+        let (_, pipeline) = self
+            .service
+            .pipelines
+            .iter()
+            .find(|(id, _)| ComponentId::parse(id).kind == "traces")?;
+        pipeline
+            .processors
+            .iter()
+            .find_map(|p| components.limiters.get(p).cloned())
+    }
+
+    /// The traces pipeline's filter, resource and attributes processors, in its order.
+    fn pipeline_stages(&self, components: &ComponentSettings) -> Vec<StageSettings> {
+        let Some((_, pipeline)) = self
+            .service
+            .pipelines
+            .iter()
+            .find(|(id, _)| ComponentId::parse(id).kind == "traces")
+        else {
+            return Vec::new();
+        };
+        pipeline
+            .processors
+            .iter()
+            .filter_map(|p| components.stages.get(p).cloned())
+            .collect()
+    }
+
     /// Whether `section.name` failed to parse (its own error was reported).
     fn is_unparsed(&self, section: &str, name: &str) -> bool {
         self.unparsed.contains(&format!("{section}.{name}"))
@@ -552,6 +739,8 @@ impl Parsed {
         let before = errors.len();
         let mut samplers = Vec::new();
         let mut batches = Vec::new();
+        let mut limiters = Vec::new();
+        let mut span_stages = Vec::new();
         for (i, p) in pipeline.processors.iter().enumerate() {
             match self.processors.get(p) {
                 None if self.is_unparsed("processors", p) => {}
@@ -561,12 +750,18 @@ impl Parsed {
                 )),
                 Some(ProcessorConfig::TailSampling(_)) => samplers.push(p),
                 Some(ProcessorConfig::Batch(_)) => batches.push(p),
+                Some(ProcessorConfig::MemoryLimiter(_)) => limiters.push(p),
+                Some(
+                    ProcessorConfig::Filter(_)
+                    | ProcessorConfig::Resource(_)
+                    | ProcessorConfig::Attributes(_),
+                ) => span_stages.push(p),
             }
         }
-        if samplers.len() > 1 || batches.len() > 1 {
+        if samplers.len() > 1 || batches.len() > 1 || limiters.len() > 1 {
             errors.push(ConfigError::new(
                 format!("{base}.processors"),
-                "at most one tail_sampling and one batch processor per pipeline",
+                "at most one tail_sampling, one batch and one memory_limiter processor per pipeline",
             ));
         }
         let (exporters, mut balancers) =
@@ -587,10 +782,14 @@ impl Parsed {
             return None;
         }
         if let Some(balancer) = balancers.pop() {
-            if !pipeline.processors.is_empty() {
+            let inert: Vec<&String> = pipeline
+                .processors
+                .iter()
+                .filter(|p| !limiters.contains(p) && !span_stages.contains(p))
+                .collect();
+            if !inert.is_empty() {
                 notices.push(format!(
-                    "{base}.processors: {:?} have no effect in a front-tier pipeline: each request's spans are routed, one request per sampler, as they arrive",
-                    pipeline.processors
+                    "{base}.processors: {inert:?} have no effect in a front-tier pipeline: each request's spans are routed, one request per sampler, as they arrive",
                 ));
             }
             return Some(Role::Balancer(balancer));
@@ -709,10 +908,32 @@ fn parse_tail_sampling(
 }
 
 fn unsupported(what: &str, kind: &str, path: &str) -> ConfigError {
+    if let Some(why) = retired(what, kind) {
+        return ConfigError::new(path, format!("{what} type `{kind}` {why}"));
+    }
     ConfigError::new(
         path,
         format!("{what} type `{kind}` is not supported by tailgate"),
     )
+}
+
+/// Components the Collector itself has removed: a config still naming one gets the Collector's
+/// own answer (and the version that removed it), not a bare "not supported".
+fn retired(what: &str, kind: &str) -> Option<&'static str> {
+    Some(match (what, kind) {
+        ("extension", "memory_ballast") => {
+            "was removed from the Collector too (v0.107.0); remove it: tailgate has no garbage \
+             collector to pad, and the memory_limiter processor bounds memory"
+        }
+        ("exporter", "logging") => {
+            "was removed from the Collector too (v0.111.0); use the debug exporter"
+        }
+        ("exporter", "jaeger" | "jaeger_thrift") => {
+            "was removed from the Collector too (v0.85.0); Jaeger takes OTLP: use the otlp \
+             exporter (port 4317) or otlphttp (port 4318)"
+        }
+        _ => return None,
+    })
 }
 #[cfg(test)]
 mod tests {
@@ -906,6 +1127,121 @@ service:
         let errors = errors_of(&refuse.replace("invalid_utf8: refuse", "invalid_utf8: drop"));
         assert!(
             errors[0].starts_with("receivers.otlp.invalid_utf8:") && errors[0].contains("drop"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn pprof_and_zpages_are_accepted_with_a_startup_warning() {
+        let yaml = GUIDE.replace(
+            "service:\n",
+            "extensions:\n  pprof:\n    endpoint: localhost:1777\n  zpages:\nservice:\n  extensions: [pprof, zpages]\n",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let notices = config.settings.notices.join("\n");
+        assert!(
+            notices
+                .contains("service.extensions[0]: extension `pprof` is accepted but does nothing"),
+            "{notices}"
+        );
+        assert!(
+            notices.contains("service.extensions[1]: extension `zpages`"),
+            "{notices}"
+        );
+    }
+
+    #[test]
+    fn components_the_collector_removed_are_errors_saying_so_with_the_version() {
+        let yaml = GUIDE
+            .replace(
+                "service:\n",
+                "extensions:\n  memory_ballast:\n    size_mib: 512\nservice:\n",
+            )
+            .replace(
+                "exporters:\n",
+                "exporters:\n  logging:\n    verbosity: detailed\n  jaeger:\n    endpoint: jaeger:14250\n",
+            );
+        let joined = errors_of(&yaml).join("\n");
+        for (path, version) in [
+            ("extensions.memory_ballast", "v0.107.0"),
+            ("exporters.logging", "v0.111.0"),
+            ("exporters.jaeger", "v0.85.0"),
+        ] {
+            assert!(
+                joined.contains(&format!("{path}: "))
+                    && joined.contains(&format!("removed from the Collector too ({version})")),
+                "{path}: {joined}"
+            );
+        }
+    }
+
+    #[test]
+    fn tail_storage_is_refused_as_not_supported_yet() {
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    tail_storage:\n      directory: /var/lib/otel",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("processors.tail_sampling.tail_storage:")
+                    && e.contains("disk-backed buffer is not supported yet")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn num_shards_is_accepted_and_zero_is_an_error() {
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    num_shards: 4",
+        );
+        Config::from_yaml(&yaml).unwrap();
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    num_shards: 0",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors[0].starts_with("processors.tail_sampling.num_shards:"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn span_ingest_decides_at_once_and_refuses_stateful_policies() {
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    sampling_strategy: span-ingest",
+        );
+        let config = Config::from_yaml(&yaml).unwrap();
+        let Role::Sampler {
+            sampler: Some(sampler),
+            ..
+        } = &config.settings.role
+        else {
+            panic!("not a sampler")
+        };
+        assert_eq!(sampler.buffer.decision_wait, Duration::ZERO);
+        let yaml = yaml.replace(
+            "      - name: baseline",
+            "      - name: budget\n        type: and\n        and:\n          and_sub_policy:\n            - name: a\n              type: always_sample\n            - name: r\n              type: rate_limiting\n              rate_limiting:\n                spans_per_second: 10\n      - name: baseline",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "processors.tail_sampling.policies[2].and.and_sub_policy[1]: policy type `rate_limiting` keeps state"
+            )),
+            "{errors:?}"
+        );
+        let yaml = GUIDE.replace(
+            "decision_wait: 30s",
+            "decision_wait: 30s\n    sampling_strategy: eventually",
+        );
+        let errors = errors_of(&yaml);
+        assert!(
+            errors[0].starts_with("processors.tail_sampling.sampling_strategy"),
             "{errors:?}"
         );
     }

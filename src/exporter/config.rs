@@ -15,6 +15,7 @@ use super::settings::{
     grpc_uri, Compression, ExporterSettings, FileFormat, FileSettings, GrpcClientSettings,
     HttpEncoding, HttpSettings, QueueConfig, TlsSettings, TransportSettings, Verbosity,
 };
+use crate::auth::{AuthenticatorRef, ClientAuth};
 use crate::yaml::{duration, ConfigError};
 
 /// `tls` of an exporter, as in the Collector: gRPC uses TLS unless `insecure: true` (an
@@ -72,6 +73,8 @@ pub struct OtlpExporterConfig {
     pub timeout: Duration,
     pub retry_on_failure: RetryConfig,
     pub sending_queue: QueueConfig,
+    /// `auth: {authenticator: NAME}`: the config loader resolves it and passes the header in.
+    pub auth: Option<AuthenticatorRef>,
 }
 
 impl Default for OtlpExporterConfig {
@@ -84,6 +87,7 @@ impl Default for OtlpExporterConfig {
             timeout: Duration::from_secs(5),
             retry_on_failure: RetryConfig::default(),
             sending_queue: QueueConfig::default(),
+            auth: None,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct OtlpHttpExporterConfig {
     pub timeout: Duration,
     pub retry_on_failure: RetryConfig,
     pub sending_queue: QueueConfig,
+    /// `auth: {authenticator: NAME}`: the config loader resolves it and passes the header in.
+    pub auth: Option<AuthenticatorRef>,
 }
 
 impl Default for OtlpHttpExporterConfig {
@@ -119,6 +125,7 @@ impl Default for OtlpHttpExporterConfig {
             timeout: Duration::from_secs(30),
             retry_on_failure: RetryConfig::default(),
             sending_queue: QueueConfig::default(),
+            auth: None,
         }
     }
 }
@@ -208,6 +215,21 @@ impl OtlpExporterConfig {
         }
     }
 
+    /// The settings of an `otlp` exporter whose `auth` the loader resolved to `auth`.
+    pub fn settings_with_auth(
+        &self,
+        name: &str,
+        path: &str,
+        auth: Option<ClientAuth>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ExporterSettings> {
+        let mut settings = self.settings(name, path, errors)?;
+        if let (TransportSettings::Grpc(g), Some(auth)) = (&mut settings.transport, auth) {
+            g.client.headers.push((auth.header, auth.value));
+        }
+        Some(settings)
+    }
+
     /// The settings of an `otlp` exporter named `name`, or `None` with the errors added.
     pub fn settings(
         &self,
@@ -264,6 +286,12 @@ impl OtlpExporterConfig {
                 "the endpoint is set per backend by the resolver; remove it",
             ));
         }
+        if self.auth.is_some() {
+            errors.push(ConfigError::new(
+                format!("{path}.auth"),
+                "auth is not supported on a per-backend template yet; use headers",
+            ));
+        }
         self.client_settings(path, errors)
     }
 }
@@ -276,6 +304,21 @@ impl OtlpHttpExporterConfig {
         } else {
             format!("{}/v1/traces", self.endpoint.trim_end_matches('/'))
         }
+    }
+
+    /// The settings of an `otlphttp` exporter whose `auth` the loader resolved to `auth`.
+    pub fn settings_with_auth(
+        &self,
+        name: &str,
+        path: &str,
+        auth: Option<ClientAuth>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ExporterSettings> {
+        let mut settings = self.settings(name, path, errors)?;
+        if let (TransportSettings::Http(h), Some(auth)) = (&mut settings.transport, auth) {
+            h.headers.push((auth.header, auth.value));
+        }
+        Some(settings)
     }
 
     /// The settings of an `otlphttp` exporter named `name`, or `None` with the errors added.

@@ -31,11 +31,20 @@ impl HttpTransport {
         connector.set_connect_timeout(Some(settings.timeout));
         connector.enforce_http(false);
         // TLS for https:// URLs (the Collector's rule for otlphttp), plain HTTP otherwise.
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(super::tls::rustls_client_config(&settings.tls)?)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
+            .https_or_http();
+        // `tls.server_name_override`: the certificate is checked against that name (and it is
+        // sent as SNI) instead of the URL's host, as the gRPC exporter does.
+        let builder = match &settings.tls.server_name_override {
+            Some(name) => {
+                let name = rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| format!("tls.server_name_override `{name}`: {e}"))?;
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let https = builder.enable_http1().wrap_connector(connector);
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(https),
             url: settings.url.clone(),

@@ -55,6 +55,9 @@ pub enum Refusal {
     Full,
     #[error("no sampler is known yet to route to; retry later")]
     NoBackends,
+    /// The `memory_limiter` processor's soft limit is reached.
+    #[error("memory usage is above the memory_limiter's soft limit; retry later")]
+    MemoryLimit,
     /// Peer traffic (hand-offs, forwarded spans) to a sampler that is leaving its cluster.
     #[error("{LEAVING_MESSAGE}")]
     Leaving,

@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 
+use super::tls::TlsServerConfig;
 use super::{DoorSettings, GrpcServerSettings, HttpServerSettings, ReceiverSettings};
+use crate::auth::AuthenticatorRef;
 use crate::otlp::InvalidUtf8;
 use crate::yaml::{check_listen_endpoint, null_as_default, ConfigError};
 
@@ -47,6 +49,9 @@ pub struct GrpcServerConfig {
     pub max_recv_msg_size_mib: u64,
     /// Accepted for compatibility; tonic's transport is always TCP.
     pub transport: String,
+    /// `auth: {authenticator: NAME}`: resolved against `extensions` by the config loader.
+    pub auth: Option<AuthenticatorRef>,
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for GrpcServerConfig {
@@ -55,6 +60,8 @@ impl Default for GrpcServerConfig {
             endpoint: "localhost:4317".into(),
             max_recv_msg_size_mib: 4,
             transport: "tcp".into(),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -69,6 +76,9 @@ pub struct HttpServerConfig {
     /// tailgate extension: the same limit in MiB, like the gRPC key; the smaller limit wins.
     pub max_recv_msg_size_mib: Option<u64>,
     pub traces_url_path: String,
+    /// `auth: {authenticator: NAME}`: resolved against `extensions` by the config loader.
+    pub auth: Option<AuthenticatorRef>,
+    pub tls: Option<TlsServerConfig>,
 }
 
 impl Default for HttpServerConfig {
@@ -78,6 +88,8 @@ impl Default for HttpServerConfig {
             max_request_body_size: 20 * 1024 * 1024,
             max_recv_msg_size_mib: None,
             traces_url_path: "/v1/traces".into(),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -158,6 +170,15 @@ impl OtlpReceiverConfig {
                 ),
             ));
         }
+        let tls = |tls: Option<&TlsServerConfig>, at: &str, errors: &mut Vec<ConfigError>| match tls
+        {
+            None => Some(None),
+            Some(t) => t
+                .settings(&format!("{path}.protocols.{at}.tls"), errors)
+                .map(Some),
+        };
+        let grpc_tls = tls(p.grpc.as_ref().and_then(|g| g.tls.as_ref()), "grpc", errors);
+        let http_tls = tls(p.http.as_ref().and_then(|h| h.tls.as_ref()), "http", errors);
         if errors.len() > before {
             return None;
         }
@@ -166,11 +187,15 @@ impl OtlpReceiverConfig {
             grpc: p.grpc.as_ref().map(|g| GrpcServerSettings {
                 endpoint: g.endpoint.clone(),
                 max_message_bytes: (g.max_recv_msg_size_mib * 1024 * 1024) as usize,
+                auth: None,
+                tls: grpc_tls.clone().flatten(),
             }),
             http: p.http.as_ref().map(|h| HttpServerSettings {
                 endpoint: h.endpoint.clone(),
                 traces_path: h.traces_url_path.clone(),
                 body_limit: h.body_limit(),
+                auth: None,
+                tls: http_tls.clone().flatten(),
             }),
             door: DoorSettings {
                 invalid_utf8: match self.invalid_utf8 {

@@ -17,7 +17,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::{Door, GrpcServerSettings, Intake, RefuseError, Transport};
+use super::{Door, Gate, GrpcServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::{
     RawBytesCodec, Refusal, TraceConsumer, EXPORT_PATH, FORWARDED_HEADER, LEAVING_MESSAGE,
@@ -30,6 +30,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 #[derive(Clone)]
 pub struct TraceServiceServer {
     intake: Arc<Intake>,
+    gate: Option<Arc<Gate>>,
     max_message_bytes: usize,
 }
 
@@ -90,6 +91,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TraceServiceSe
                         .into_http(),
                 );
             }
+            // Credentials before anything else: an unauthenticated body is never read.
+            if let Some(gate) = &this.gate {
+                if let Err(e) = gate.check(request.headers()) {
+                    return Ok(Status::unauthenticated(e.to_string()).into_http());
+                }
+            }
             let mut grpc = tonic::server::Grpc::new(RawBytesCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
@@ -144,17 +151,38 @@ pub async fn serve_grpc(
 ) -> Result<(), tonic::transport::Error> {
     let service = TraceServiceServer {
         intake: Arc::new(Intake::new(consumer, receiver, Transport::Grpc, door)),
+        gate: Gate::new(settings.auth.as_ref(), receiver, Transport::Grpc).map(Arc::new),
         max_message_bytes: settings.max_message_bytes,
     };
-    let incoming = tokio_stream_listener(listener);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         // OTLP requests are large (hundreds of KB): small HTTP/2 windows made each request wait
         // for several window updates.
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, async move { shutdown.cancelled().await })
-        .await
+        .add_service(service);
+    let stop = shutdown.clone();
+    let stopped = async move { stop.cancelled().await };
+    match &settings.tls {
+        None => {
+            let incoming = tokio_stream_listener(listener);
+            server.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+        Some(tls) => {
+            use tokio_stream::StreamExt;
+            let connections =
+                match super::tls::accept_tls(listener, tls, &[b"h2"], "grpc", shutdown) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Checked at config time; a file that went away since is reported here.
+                        tracing::error!("OTLP/gRPC receiver {receiver}: TLS: {e}");
+                        return Ok(());
+                    }
+                };
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(connections)
+                .map(Ok::<_, std::io::Error>);
+            server.serve_with_incoming_shutdown(incoming, stopped).await
+        }
+    }
 }
 
 /// Accepted connections, with Nagle's algorithm off: tonic's own `tcp_nodelay` setting does not

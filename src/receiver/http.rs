@@ -21,7 +21,7 @@ use axum::Router;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Door, HttpServerSettings, Intake, RefuseError, Transport};
+use super::{Door, Gate, HttpServerSettings, Intake, RefuseError, Transport};
 use crate::otlp::consumer::hops_from_header;
 use crate::otlp::json::json_to_protobuf;
 use crate::otlp::proto::google_rpc;
@@ -31,6 +31,7 @@ use crate::telemetry::catalog;
 #[derive(Clone)]
 struct HttpState {
     intake: Arc<Intake>,
+    gate: Option<Arc<Gate>>,
     body_limit: usize,
 }
 
@@ -51,16 +52,39 @@ pub async fn serve_http(
 ) -> std::io::Result<()> {
     let state = HttpState {
         intake: Arc::new(Intake::new(consumer, receiver, Transport::Http, door)),
+        gate: Gate::new(settings.auth.as_ref(), receiver, Transport::Http).map(Arc::new),
         body_limit: settings.body_limit,
     };
     let router = Router::new()
         .route(&settings.traces_path, post(export))
         .layer(DefaultBodyLimit::disable())
         .with_state(state);
-    crate::telemetry::serve(listener, router, shutdown).await
+    let Some(tls) = &settings.tls else {
+        return crate::telemetry::serve(listener, router, shutdown).await;
+    };
+    let local = listener.local_addr()?;
+    let connections = super::tls::accept_tls(
+        listener,
+        tls,
+        &[b"h2", b"http/1.1"],
+        "http",
+        shutdown.clone(),
+    )
+    .map_err(std::io::Error::other)?;
+    let listener = super::tls::TlsListener { connections, local };
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }
 
 async fn export(State(state): State<HttpState>, headers: HeaderMap, body: Body) -> Response {
+    // Credentials before anything else: an unauthenticated body is never read.
+    if let Some(gate) = &state.gate {
+        if let Err(e) = gate.check(&headers) {
+            let encoding = body_encoding(&headers).unwrap_or(Encoding::Json);
+            return status_response(StatusCode::UNAUTHORIZED, encoding, &e.to_string());
+        }
+    }
     let encoding = match body_encoding(&headers) {
         Ok(encoding) => encoding,
         Err(rejection) => return rejection.respond(Encoding::Json),
@@ -299,6 +323,7 @@ fn reject(status: StatusCode, encoding: Encoding, message: &str, reason: &'stati
 fn status_response(status: StatusCode, encoding: Encoding, message: &str) -> Response {
     let code = match status {
         StatusCode::BAD_REQUEST => 3,
+        StatusCode::UNAUTHORIZED => 16,
         StatusCode::PAYLOAD_TOO_LARGE => 8,
         StatusCode::SERVICE_UNAVAILABLE => 14,
         _ => 2,

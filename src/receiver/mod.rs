@@ -13,6 +13,8 @@
 pub mod config;
 mod grpc;
 mod http;
+pub mod limiter;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,8 +22,10 @@ use std::sync::Arc;
 pub use grpc::serve_grpc;
 pub use http::serve_http;
 
+use crate::auth::{AuthError, ServerAuth};
 use crate::otlp::{admit, Admitted, Incoming, Invalid, InvalidUtf8, Refusal, TraceConsumer};
 use crate::telemetry::{catalog, LogEvery};
+use tls::ServerTlsSettings;
 
 /// `receivers.otlp`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +145,9 @@ pub struct GrpcServerSettings {
     pub endpoint: String,
     /// Largest accepted message, after decompression.
     pub max_message_bytes: usize,
+    /// `auth`: requests without valid credentials are refused (UNAUTHENTICATED).
+    pub auth: Option<ServerAuth>,
+    pub tls: Option<ServerTlsSettings>,
 }
 
 /// `protocols.http`, validated.
@@ -151,6 +158,9 @@ pub struct HttpServerSettings {
     pub traces_path: String,
     /// Largest accepted body, after decompression.
     pub body_limit: usize,
+    /// `auth`: requests without valid credentials are refused (401).
+    pub auth: Option<ServerAuth>,
+    pub tls: Option<ServerTlsSettings>,
 }
 
 /// The transport a request came in on, for metrics.
@@ -178,6 +188,48 @@ pub enum RefuseError {
     Refused(#[from] Refusal),
     #[error("the receiver holds max_in_flight_mib of requests already; retry later")]
     Busy,
+}
+
+/// A protocol's authentication check: counted and logged (rate-limited) refusals, never the
+/// credential itself.
+pub(crate) struct Gate {
+    auth: ServerAuth,
+    refused: metrics::Counter,
+    log: LogEvery,
+    receiver: String,
+    transport: &'static str,
+}
+
+impl Gate {
+    fn new(auth: Option<&ServerAuth>, receiver: &str, transport: Transport) -> Option<Self> {
+        let auth = auth?.clone();
+        let t = transport.label();
+        Some(Self {
+            refused: catalog::RECEIVER_UNAUTHENTICATED_REQUESTS.counter(&[receiver, t]),
+            auth,
+            log: LogEvery::new(std::time::Duration::from_secs(10)),
+            receiver: receiver.to_string(),
+            transport: t,
+        })
+    }
+
+    /// Checks a request's headers before its body is read.
+    fn check(&self, headers: &::http::HeaderMap) -> Result<(), AuthError> {
+        let value = headers.get(self.auth.header()).map(|v| v.as_bytes());
+        let result = self.auth.check(value);
+        if let Err(e) = result {
+            self.refused.increment(1);
+            if self.log.ready() {
+                tracing::warn!(
+                    receiver = %self.receiver,
+                    transport = self.transport,
+                    authenticator = %self.auth.name,
+                    "refused a request: {e} (counted in tailgate_receiver_unauthenticated_requests)"
+                );
+            }
+        }
+        result
+    }
 }
 
 /// One transport's door: validation, counting, and the consumer behind it.

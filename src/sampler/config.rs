@@ -61,6 +61,26 @@ pub struct TailSamplingConfig {
     /// is also turned on by that gate in `--feature-gates`): kept traces' scopes carry
     /// `tailsampling.policy`, the name of the policy that kept them.
     pub record_policy: bool,
+    /// The Collector's independent decision loops by trace-ID hash (v0.159). tailgate's buffer
+    /// always runs that way: [`super::buffer`]'s shards each have their own decider, so the
+    /// value is checked (at least 1) and otherwise changes nothing.
+    pub num_shards: Option<u64>,
+    /// `trace-complete` (default): decide `decision_wait` after a trace's first span.
+    /// `span-ingest`: decide each trace as its first batch arrives; later spans follow the
+    /// cached decision. Policies that keep state across traces are refused with it.
+    pub sampling_strategy: SamplingStrategy,
+    /// A disk-backed buffer: not supported yet, refused with a message saying so.
+    pub tail_storage: Option<serde_yaml::Value>,
+}
+
+/// `sampling_strategy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum SamplingStrategy {
+    #[default]
+    #[serde(rename = "trace-complete")]
+    TraceComplete,
+    #[serde(rename = "span-ingest")]
+    SpanIngest,
 }
 
 impl Default for TailSamplingConfig {
@@ -81,6 +101,9 @@ impl Default for TailSamplingConfig {
             cluster: None,
             dry_run: false,
             record_policy: false,
+            num_shards: None,
+            sampling_strategy: SamplingStrategy::TraceComplete,
+            tail_storage: None,
         }
     }
 }
@@ -130,6 +153,32 @@ impl TailSamplingConfig {
                 "at least one policy is required",
             ));
         }
+        if self.num_shards == Some(0) {
+            errors.push(ConfigError::new(
+                format!("{path}.num_shards"),
+                "num_shards must be at least 1",
+            ));
+        }
+        if self.tail_storage.is_some() {
+            errors.push(ConfigError::new(
+                format!("{path}.tail_storage"),
+                "the disk-backed buffer is not supported yet: tailgate buffers traces in memory \
+                 (bound it with num_traces and max_buffered_bytes)",
+            ));
+        }
+        if self.sampling_strategy == SamplingStrategy::SpanIngest {
+            for (i, policy) in self.policies.iter().enumerate() {
+                if let Some((at, kind)) = stateful_policy(policy) {
+                    errors.push(ConfigError::new(
+                        format!("{path}.policies[{i}]{at}"),
+                        format!(
+                            "policy type `{kind}` keeps state across traces and cannot be used \
+                             with sampling_strategy: span-ingest"
+                        ),
+                    ));
+                }
+            }
+        }
         let cluster = self
             .cluster
             .as_ref()
@@ -148,9 +197,15 @@ impl TailSamplingConfig {
         if errors.len() > before {
             return None;
         }
+        // span-ingest: a trace is decided as soon as its first batch is in the buffer; the
+        // decision cache makes its later spans follow.
+        let decision_wait = match self.sampling_strategy {
+            SamplingStrategy::TraceComplete => self.decision_wait,
+            SamplingStrategy::SpanIngest => Duration::ZERO,
+        };
         Some(SamplerSettings {
             buffer: BufferSettings {
-                decision_wait: self.decision_wait,
+                decision_wait,
                 wait_after_root: self.decision_wait_after_root_received,
                 max_trace_bytes: self.maximum_trace_size_bytes as usize,
                 block_on_overflow: self.block_on_overflow,
@@ -180,6 +235,69 @@ impl TailSamplingConfig {
             .non_sampled_cache_size
             .unwrap_or(self.num_traces as usize)
     }
+}
+
+/// The first policy in `policy` (itself or nested) whose decision depends on other traces
+/// (rate and byte budgets), as the YAML path below the policy and its type.
+fn stateful_policy(policy: &crate::policy::PolicyConfig) -> Option<(String, &'static str)> {
+    fn leaf(kind: &str) -> Option<&'static str> {
+        match kind {
+            "rate_limiting" => Some("rate_limiting"),
+            "bytes_limiting" => Some("bytes_limiting"),
+            "composite" => Some("composite"),
+            _ => None,
+        }
+    }
+    if let Some(kind) = leaf(&policy.kind) {
+        return Some((String::new(), kind));
+    }
+    let subs: Vec<(String, &str, Option<&crate::policy::config::NotConfig>)> =
+        match policy.kind.as_str() {
+            "and" => policy
+                .and
+                .iter()
+                .flat_map(|a| {
+                    a.and_sub_policy.iter().enumerate().map(|(i, s)| {
+                        (
+                            format!(".and.and_sub_policy[{i}]"),
+                            s.kind.as_str(),
+                            s.not.as_ref(),
+                        )
+                    })
+                })
+                .collect(),
+            "drop" => policy
+                .drop
+                .iter()
+                .flat_map(|a| {
+                    a.drop_sub_policy.iter().enumerate().map(|(i, s)| {
+                        (
+                            format!(".drop.drop_sub_policy[{i}]"),
+                            s.kind.as_str(),
+                            s.not.as_ref(),
+                        )
+                    })
+                })
+                .collect(),
+            "not" => policy
+                .not
+                .iter()
+                .filter_map(|n| n.not_sub_policy.as_ref())
+                .map(|s| (".not.not_sub_policy".to_string(), s.kind.as_str(), None))
+                .collect(),
+            _ => vec![],
+        };
+    for (at, kind, not) in subs {
+        if let Some(kind) = leaf(kind) {
+            return Some((at, kind));
+        }
+        if let Some(sub) = not.and_then(|n| n.not_sub_policy.as_ref()) {
+            if let Some(kind) = leaf(&sub.kind) {
+                return Some((format!("{at}.not.not_sub_policy"), kind));
+            }
+        }
+    }
+    None
 }
 
 /// `processors.tail_sampling.cluster`.

@@ -340,6 +340,23 @@ declare! {
     RECEIVER_REPAIRED_SPANS = Counter "tailgate_receiver_repaired_spans" ["receiver", "transport"] "{spans}"
         "Spans accepted after invalid UTF-8 in them, or in their resource or scope, was replaced with U+FFFD (receivers.otlp.invalid_utf8: repair).";
 
+    RECEIVER_UNAUTHENTICATED_REQUESTS = Counter "tailgate_receiver_unauthenticated_requests" ["receiver", "transport"] "{requests}"
+        "Requests refused before their body was read because their credentials were missing or wrong (UNAUTHENTICATED / HTTP 401).";
+
+    RECEIVER_TLS_HANDSHAKE_FAILURES = Counter "tailgate_receiver_tls_handshake_failures" ["transport"] "{connections}"
+        "Connections to a TLS receiver that did not complete a handshake (no or an untrusted client certificate, a plain-text client, a timeout).";
+
+    MEMORY_LIMITER_REFUSED_REQUESTS = Counter "tailgate_memory_limiter_refused_requests" [] "{requests}"
+        "Requests the memory_limiter refused with a retryable status because memory was above its soft limit (their spans are also in otelcol_receiver_refused_spans).";
+    MEMORY_LIMITER_SOFT_LIMIT = Gauge "tailgate_memory_limiter_soft_limit_bytes" [] "By"
+        "The memory_limiter's soft limit (limit minus spike limit): above it new data is refused.";
+
+    // The filter, resource and attributes processors.
+    FILTER_SPANS_FILTERED = Counter "otelcol_processor_filter_spans_filtered" ["filter"] "{spans}"
+        "Spans a filter processor dropped because they matched its conditions, before they were buffered.";
+    FILTER_ERRORS = Counter "tailgate_processor_filter_errors" ["filter"] "{spans}"
+        "Spans a filter condition failed on at run time; they were kept.";
+
     // The sampler's buffer and decisions.
     NEW_TRACES = Counter "otelcol_processor_tail_sampling_new_trace_id_received" [] "{traces}"
         "Traces the buffer started holding.";

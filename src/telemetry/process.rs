@@ -60,12 +60,34 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 /// Resident pages (the second field of `/proc/self/statm`) times the page size.
-fn rss_bytes() -> Option<u64> {
+pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf only reads a system constant.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     (page_size > 0).then(|| pages * page_size as u64)
+}
+
+/// The memory this process may use: its cgroup's limit (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`) when there is one, else the machine's (`MemTotal`), as the
+/// Collector's `memory_limiter` reads it for its percentage limits.
+pub fn total_memory_bytes() -> Option<u64> {
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    });
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok());
+    match (cgroup, machine) {
+        // v1 reports "no limit" as a huge number: the machine's memory is the real bound.
+        (Some(c), Some(m)) => Some(c.min(m)),
+        (c, m) => c.or(m),
+    }
 }
 
 #[cfg(test)]
