@@ -212,12 +212,13 @@ impl DecisionCache {
 
     /// Remembers the decision for a trace that was buffered. A trace is buffered only when the
     /// cache knows nothing of it (its spans would otherwise have followed the remembered
-    /// decision), and nothing else remembers it while it is buffered, so neither set holds it
-    /// and there is nothing to remove from the other set (which cost a hash lookup, usually a
-    /// cache miss, per decision).
+    /// decision), so usually neither set holds it and there is nothing to remove from the other
+    /// set (which cost a hash lookup, usually a cache miss, per decision). Its fingerprint may be
+    /// known all the same: a decision adopted from a peer while the trace was being decided, or
+    /// another trace ID with the same fingerprint (crafted IDs can collide: the fingerprint is
+    /// the same function on every sampler, so it is not seeded). Then the first decision stays.
     pub fn remember_buffered(&mut self, id: &TraceId, decision: Remembered) {
         let key = fingerprint(id);
-        debug_assert!(!self.sampled.contains(key) && !self.not_sampled.contains(key));
         let position = ring_position(id);
         match decision {
             Remembered::Sampled => self.sampled.insert(key, position),

@@ -781,3 +781,53 @@ async fn a_reload_applies_new_policies_to_traces_already_buffered() {
     assert_eq!(span_ids(&out.recv().await.unwrap()), vec![(1, 1)]);
     assert_eq!(Instant::now() - start_at, WAIT);
 }
+
+#[tokio::test(start_paused = true)]
+async fn two_buffered_traces_with_one_fingerprint_are_both_decided() {
+    // Trace IDs whose halves cancel out in the fingerprint (hi ^ lo.rotate_left(29)): a crafted
+    // collision. Both are buffered (the map is keyed by the whole ID) and both are decided; the
+    // cache keeps the first decision.
+    let a = [7u8; 16];
+    let target = fingerprint(&a);
+    let lo = u64::from_le_bytes([7; 8]) ^ 1;
+    let hi = target ^ lo.rotate_left(29);
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&hi.to_le_bytes());
+    b[8..].copy_from_slice(&lo.to_le_bytes());
+    assert_ne!(a, b);
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+    let (buffer, mut out, _stop) = start(settings(100), always());
+    let body = |id: [u8; 16]| {
+        let span = views::Span {
+            trace_id: Bytes::copy_from_slice(&id),
+            span_id: Bytes::from(vec![1; 8]),
+            name: "s".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let scope = views::ScopeSpans {
+            spans: vec![span.into()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let rs = views::ResourceSpans {
+            scope_spans: vec![scope.into()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        views::ExportTraceServiceRequest {
+            resource_spans: vec![rs.into()],
+        }
+        .encode_to_vec()
+    };
+    for id in [a, b] {
+        let request = body(id);
+        let parsed = crate::otlp::parse_export_request(&request).unwrap();
+        buffer.ingest(parsed, &request).await.unwrap();
+    }
+    let mut decided = 0;
+    while decided < 2 {
+        decided += out.recv().await.unwrap().span_count();
+    }
+    assert_eq!(buffer.live_traces(), 0);
+}
