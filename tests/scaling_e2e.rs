@@ -52,7 +52,15 @@ struct Tier {
 
 impl Tier {
     async fn start(first_octets: &[u8]) -> Tier {
-        let backend = RecordingBackend::start_grpc().await;
+        // A hand-off can leave a sampler with a batch over the backend's 4 MiB limit; the
+        // exporter splits a batch the backend refuses for its size and sends the halves, so
+        // such refusals are expected here (and checked in `stop`: only size refusals, and
+        // `check_every_span_once` proves the halves arrived).
+        let backend = RecordingBackend::builder(support::Protocol::Grpc)
+            .allow_refusals()
+            .start()
+            .await
+            .unwrap();
         let ports = Ports::free();
         let dns = DnsServer::start(
             support::cluster::SAMPLERS,
@@ -184,6 +192,14 @@ impl Tier {
             );
         }
         self.balancer.wait_exit(WAIT).await;
+        for refused in self.backend.refused_requests() {
+            assert_eq!(
+                refused.code,
+                tonic::Code::ResourceExhausted,
+                "only size refusals are expected: {}",
+                refused.reason
+            );
+        }
     }
 }
 
