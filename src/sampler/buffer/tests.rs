@@ -319,7 +319,14 @@ async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     // Once the buffered traces are decided there is room again.
     out.recv().await.unwrap();
     let parsed = crate::otlp::parse_export_request(&body).unwrap();
-    assert!(buffer.ingest(parsed, &body).await.is_ok());
+    // Taken whole, into room made by decisions, not by deciding another trace early.
+    assert_eq!(
+        buffer.ingest(parsed, &body).await,
+        Ok(IngestOutcome {
+            buffered: 1,
+            ..IngestOutcome::default()
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -365,7 +372,14 @@ async fn block_on_overflow_refuses_requests_at_max_buffered_bytes() {
     out.recv().await.unwrap();
     assert_eq!(buffer.buffered_bytes(), 0);
     let parsed = crate::otlp::parse_export_request(&body).unwrap();
-    assert!(buffer.ingest(parsed, &body).await.is_ok());
+    // Taken whole, into room made by decisions, not by deciding another trace early.
+    assert_eq!(
+        buffer.ingest(parsed, &body).await,
+        Ok(IngestOutcome {
+            buffered: 1,
+            ..IngestOutcome::default()
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]
