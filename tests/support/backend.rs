@@ -707,9 +707,16 @@ pub struct BackendBuilder {
     addr: SocketAddr,
     max_receive_bytes: usize,
     allow_refusals: bool,
+    http_path: String,
 }
 
 impl BackendBuilder {
+    /// Serve OTLP/HTTP on `path` instead of `/v1/traces` (for `traces_endpoint` tests).
+    pub fn http_path(mut self, path: &str) -> Self {
+        self.http_path = path.to_string();
+        self
+    }
+
     /// Listen on `addr` (e.g. the address of a backend that was shut down, to model a restart)
     /// instead of a free loopback port.
     pub fn addr(mut self, addr: SocketAddr) -> Self {
@@ -757,6 +764,7 @@ impl RecordingBackend {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             max_receive_bytes: DEFAULT_MAX_RECEIVE_BYTES,
             allow_refusals: false,
+            http_path: "/v1/traces".to_string(),
         }
     }
 
@@ -788,6 +796,7 @@ impl RecordingBackend {
             addr,
             max_receive_bytes,
             allow_refusals,
+            http_path,
         } = options;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -811,7 +820,7 @@ impl RecordingBackend {
             }
             Protocol::Http => {
                 let router = Router::new()
-                    .route("/v1/traces", post(http_export))
+                    .route(&http_path, post(http_export))
                     // The handler applies the limit (compressed and decompressed) and records
                     // what it refuses.
                     .layer(DefaultBodyLimit::disable())

@@ -76,7 +76,9 @@ impl Gateway {
         let binary = std::env::var_os("TAILGATE_TEST_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tailgate")));
+        // Run in the temp dir, so relative paths in a config (the `file` exporter's) land there.
         let mut child = Command::new(binary)
+            .current_dir(dir.path())
             .arg("--config")
             .arg(&config_path)
             .envs(env.iter().copied())
@@ -142,6 +144,11 @@ impl Gateway {
     /// The process ID.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The process's working directory (a temp dir, removed with the `Gateway`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// Where the config was written.
