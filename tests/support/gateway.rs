@@ -402,7 +402,7 @@ pub fn assert_declared(name: &str, labels: &[(&str, &str)]) {
     };
     for (key, _) in labels {
         assert!(
-            metric.labels.contains(key) || (*key == "le" && metric.buckets.len() > 0),
+            metric.labels.contains(key) || (*key == "le" && !metric.buckets.is_empty()),
             "metric `{name}` has no label `{key}` (it has {:?})",
             metric.labels
         );

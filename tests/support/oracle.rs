@@ -27,7 +27,8 @@ pub fn probabilistic_keeps(salt: &str, percentage: f64, trace_id: &[u8; 16]) -> 
 /// `uint64(big.Float(MaxUint64) * big.Float(ratio))`: the exact product rounded to 64
 /// significant bits (nearest, ties to even), then truncated; negative gives 0, overflow the max.
 fn big_float_threshold(ratio: f64) -> u64 {
-    if !(ratio > 0.0) {
+    // Zero, negative and NaN alike give 0.
+    if ratio.is_nan() || ratio <= 0.0 {
         return 0;
     }
     if ratio >= 1.0 {
