@@ -36,6 +36,7 @@
 #   METRICS_PORT=18888    the gateway's own metrics port (127.0.0.1)
 #   GATEWAY_CPU=1         CPU the gateway is pinned to
 #   LOADGEN_CPU=0         CPU the load generator is pinned to
+#   GATEWAY_BIN=          the tailgate binary to measure (default: this checkout's release build)
 #   LOADGEN_ARGS=         extra tailgate-loadgen flags, e.g. "--compression gzip --spans-per-trace 20"
 #
 # Every process this script starts is stopped when it exits, however it exits.
@@ -61,7 +62,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 cargo build --release --bins
 bin_dir=${CARGO_TARGET_DIR:-$repo/target}/release
-gateway_bin=$bin_dir/tailgate
+gateway_bin=${GATEWAY_BIN:-$bin_dir/tailgate}
 loadgen_bin=$bin_dir/tailgate-loadgen
 
 workdir=$(mktemp -d "${TMPDIR:-/tmp}/tailgate-bench.XXXXXX")

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use support::config::indent;
 use support::dns::DnsServer;
+use support::oracle::CollectorRing;
 use support::{free_port, otlp, Gateway, RecordingBackend};
-use tailgate::routing::Ring;
 
 const WAIT: Duration = Duration::from_secs(30);
 const NAME: &str = "samplers.tailgate.test";
@@ -72,7 +72,9 @@ fn sampler_config(
         endpoint: {host}:{otlp}
 processors:
   tail_sampling:
-    decision_wait: 1s
+    # Room for a trace's second half to reach its sampler on a loaded 2-core machine running
+    # five gateways (1 s was too tight to be sure of).
+    decision_wait: 3s
     policies:
       - name: all
         type: always_sample
@@ -194,8 +196,10 @@ async fn every_trace_lands_whole_on_the_sampler_the_collector_ring_picks() {
     let endpoints: Vec<String> = (2..=4)
         .map(|l| format!("{}:{}", ip(l), ports.otlp))
         .collect();
-    let ring = Ring::new(&endpoints);
+    // The Collector's ring, implemented independently of tailgate's (tests/support/oracle.rs).
+    let ring = CollectorRing::new(&endpoints);
     let mut per_sampler: BTreeMap<String, usize> = BTreeMap::new();
+    let mut expected: BTreeMap<String, usize> = BTreeMap::new();
     for (trace, (samplers, spans)) in placements(&backend) {
         assert_eq!(spans, 4, "trace {trace} is whole");
         assert_eq!(
@@ -205,19 +209,21 @@ async fn every_trace_lands_whole_on_the_sampler_the_collector_ring_picks() {
         );
         let sampler = samplers.into_iter().next().unwrap();
         let id = u128::from_str_radix(&trace, 16).unwrap().to_be_bytes();
-        let owner = ring.endpoint_for(&id).unwrap();
+        let owner = ring
+            .endpoint_for(&id)
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
         assert_eq!(
-            owner.split(':').next().unwrap(),
-            sampler,
-            "trace {trace} went where the ring says"
+            owner, sampler,
+            "trace {trace} went where the Collector's ring says"
         );
         *per_sampler.entry(sampler).or_default() += 1;
+        *expected.entry(owner).or_default() += 1;
     }
     assert_eq!(per_sampler.len(), 3, "{per_sampler:?}");
-    assert!(
-        per_sampler.values().all(|&n| n >= 40),
-        "load spreads: {per_sampler:?}"
-    );
+    assert_eq!(per_sampler, expected, "each sampler got exactly its share");
     assert_eq!(
         balancer
             .metric("otelcol_loadbalancer_num_backends", &[])
@@ -367,14 +373,13 @@ async fn a_sampler_refusing_connections_for_a_while_loses_nothing() {
 
     // Sampler .3 is not running: its traces wait in the balancer's retry queue while the
     // other sampler's traces go through.
-    let ring = Ring::new(&[
+    let ring = CollectorRing::new(&[
         format!("{}:{}", ip(2), ports.otlp),
         format!("{}:{}", ip(3), ports.otlp),
     ]);
     let to_first = (1..=200u128)
         .filter(|t| {
             ring.endpoint_for(&otlp::trace_id(*t))
-                .unwrap()
                 .starts_with("127.0.0.2:")
         })
         .count();

@@ -22,7 +22,9 @@ fn sampler<'a>(last: u8, ports: Ports, resolver: &'a str, grace: &'a str) -> Tie
         last,
         ports,
         resolver: Some(resolver),
-        decision_wait: "1s",
+        // Time for a hand-off sweep to move a trace before its decision, on a loaded 2-core
+        // machine (1 s was too tight to be sure of).
+        decision_wait: "3s",
         grace,
         receive_limit_mib: 4,
     }

@@ -25,7 +25,7 @@
 //!
 //! The two schema validators are Python packages pinned in `tests/clients/requirements.txt` and run
 //! from `.venv/bin/` (or beside `$TAILGATE_TEST_PYTHON`), which `tests/run.sh` sets up. Without
-//! them a test prints `SKIPPED` and passes, except under CI (`CI` set), where it fails. promtool
+//! them a test fails and says how to install them: a missing validator is never a pass. promtool
 //! (Debian's `prometheus` package, which `tests/run.sh` installs) is required: without it the
 //! Prometheus tests fail with the command that installs it.
 
@@ -256,9 +256,9 @@ fn tailgate_validate(path: &Path, env: &[(&str, &str)]) -> Output {
     run(&mut command)
 }
 
-/// A validator installed from `tests/clients/requirements.txt` into the test venv, or `None`
-/// (with a SKIPPED message) when it is missing outside CI. Under CI a missing validator fails.
-fn venv_tool(name: &str) -> Option<PathBuf> {
+/// A validator installed from `tests/clients/requirements.txt` into the test venv; panics, saying
+/// how to install it, when it is missing.
+fn venv_tool(name: &str) -> PathBuf {
     let bin = match std::env::var_os("TAILGATE_TEST_PYTHON") {
         Some(python) => PathBuf::from(python)
             .parent()
@@ -267,22 +267,13 @@ fn venv_tool(name: &str) -> Option<PathBuf> {
         None => repo().join(".venv/bin"),
     };
     let tool = bin.join(name);
-    if tool.is_file() {
-        return Some(tool);
-    }
-    let hint = "python3 -m venv .venv && .venv/bin/pip install -r tests/clients/requirements.txt \
-                (tests/run.sh does this)";
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "CI has no {} to validate deploy/ with; install it: {hint}",
-            tool.display()
-        );
-    }
-    eprintln!(
-        "SKIPPED: validating deploy/ needs {}; install it: {hint}",
+    assert!(
+        tool.is_file(),
+        "validating deploy/ needs {}; install it: python3 -m venv .venv && .venv/bin/pip install \
+         -r tests/clients/requirements.txt (tests/run.sh does this)",
         tool.display()
     );
-    None
+    tool
 }
 
 /// Validates a compose file against the Compose Specification schema bundled in check-jsonschema.
@@ -404,9 +395,7 @@ service:
 
 #[test]
 fn compose_file_matches_the_compose_specification() {
-    let Some(tool) = venv_tool("check-jsonschema") else {
-        return;
-    };
+    let tool = venv_tool("check-jsonschema");
     for file in files_of(Kind::Compose) {
         if let Err(report) = check_compose(&tool, &file) {
             panic!(
@@ -419,9 +408,7 @@ fn compose_file_matches_the_compose_specification() {
 
 #[test]
 fn compose_schema_check_rejects_a_broken_compose_file() {
-    let Some(tool) = venv_tool("check-jsonschema") else {
-        return;
-    };
+    let tool = venv_tool("check-jsonschema");
     for (what, text) in [
         (
             "an unknown service key",
@@ -557,9 +544,7 @@ fn compose_balancer_and_samplers_agree_on_the_sampler_set() {
 
 #[test]
 fn kubernetes_manifests_match_the_kubernetes_schemas() {
-    let Some(tool) = venv_tool("kubernetes-validate") else {
-        return;
-    };
+    let tool = venv_tool("kubernetes-validate");
     let manifests = files_of(Kind::KubernetesManifest);
     if let Err(report) = check_kubernetes(&tool, &manifests) {
         panic!("Kubernetes manifests do not match the schemas:\n{report}");
@@ -568,9 +553,7 @@ fn kubernetes_manifests_match_the_kubernetes_schemas() {
 
 #[test]
 fn kubernetes_schema_check_rejects_broken_manifests() {
-    let Some(tool) = venv_tool("kubernetes-validate") else {
-        return;
-    };
+    let tool = venv_tool("kubernetes-validate");
     let deployment = |container_extra: &str, kind: &str| {
         format!(
             "apiVersion: apps/v1

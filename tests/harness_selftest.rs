@@ -14,7 +14,7 @@ use prost::Message;
 use support::otlp::{self, child_of, grpc_client, request, set_error, span, span_id, trace_id};
 use support::python::{run_async_jobs, JobKind};
 use support::{
-    hex, parse_metric, Failure, Protocol, RecordingBackend, SamplerConfig, SamplerPorts,
+    hex, parse_metric_unchecked, Failure, Protocol, RecordingBackend, SamplerConfig, SamplerPorts,
 };
 use tonic::Code;
 
@@ -171,7 +171,7 @@ async fn http_backend_records_protobuf_gzip_and_json_bodies_alike() {
     assert_eq!(response.status, 200, "{}", response.text());
 
     backend.wait_for_spans(9, WAIT).await.unwrap();
-    assert_eq!(backend.undecodable_bodies(), Vec::<String>::new());
+    assert_eq!(backend.refusal_reasons(), Vec::<String>::new());
     assert_eq!(
         backend.header_values("x-scope-orgid"),
         vec![Some("t1".to_string()), None, None]
@@ -323,9 +323,7 @@ async fn the_rust_sdk_exporter_reaches_the_backend_with_its_headers() {
 #[tokio::test]
 async fn the_python_async_jobs_client_delivers_four_spans_per_job() {
     let backend = RecordingBackend::start_grpc().await;
-    let Some(report) = run_async_jobs(&backend.endpoint(), 14).await else {
-        return; // skipped: no Python venv (the message says how to make one)
-    };
+    let report = run_async_jobs(&backend.endpoint(), 14).await;
     assert_eq!(report.of_kind(JobKind::Error).count(), 2, "jobs 5 and 10");
     assert_eq!(report.of_kind(JobKind::Slow).count(), 2, "jobs 7 and 14");
     assert_eq!(report.of_kind(JobKind::Normal).count(), 10);
@@ -404,7 +402,7 @@ weird{path="a \"quoted\", comma",x="1"} 2.5
 buffered_traces 7
 nan_metric NaN
 "#;
-    let total = |name, labels: &[(&str, &str)]| parse_metric(text, name, labels);
+    let total = |name, labels: &[(&str, &str)]| parse_metric_unchecked(text, name, labels);
     assert_eq!(total("tailgate_spans_received_total", &[]), Some(15.0));
     assert_eq!(
         total("tailgate_spans_received_total", &[("transport", "http")]),
@@ -575,4 +573,296 @@ fn otlp_helpers_render_ids_as_lower_case_hex() {
         otlp::string_attribute(&attrs, "service.name").as_deref(),
         Some("api")
     );
+}
+
+/// The encoding of `two_traces()` with the span name `GET /` replaced by invalid UTF-8 of the
+/// same length (prost's encoder would refuse to write it, so it is patched in the bytes).
+fn two_traces_with_invalid_utf8() -> Vec<u8> {
+    let mut body = two_traces().encode_to_vec();
+    let at = body
+        .windows(5)
+        .position(|w| w == b"GET /")
+        .expect("the span name is in the encoding");
+    body[at..at + 5].copy_from_slice(b"GET \xff");
+    body
+}
+
+/// Sends `body` as the raw message of a gRPC export call and returns the status.
+async fn export_raw(endpoint: &str, body: Vec<u8>) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(bytes::Bytes::from(body)),
+        http::uri::PathAndQuery::from_static(tailgate::otlp::EXPORT_PATH),
+        tailgate::otlp::RawBytesCodec,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A request of one span whose name makes the encoding about `bytes` long.
+fn request_of_size(bytes: usize) -> ExportTraceServiceRequest {
+    let mut big = span(trace_id(3), span_id(1), "big");
+    big.name = "x".repeat(bytes);
+    request("api", vec![big])
+}
+
+#[tokio::test]
+async fn the_backend_refuses_messages_over_4_mib_and_records_them() {
+    let backend = RecordingBackend::builder(Protocol::Grpc)
+        .allow_refusals()
+        .start()
+        .await
+        .unwrap();
+    let mut client = grpc_client(&backend.endpoint()).await;
+    client
+        .export(request_of_size(support::DEFAULT_MAX_RECEIVE_BYTES - 1024))
+        .await
+        .expect("just under 4 MiB is accepted");
+    let status = client
+        .export(request_of_size(support::DEFAULT_MAX_RECEIVE_BYTES))
+        .await
+        .expect_err("over 4 MiB is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    assert_eq!(
+        backend.request_count(),
+        1,
+        "the refused one is not a request"
+    );
+    let refused = backend.refused_requests();
+    assert_eq!(refused.len(), 1, "{}", backend.summary());
+    assert_eq!(refused[0].code, Code::ResourceExhausted);
+    assert!(refused[0].body.len() > support::DEFAULT_MAX_RECEIVE_BYTES);
+    assert!(
+        backend.summary().contains("1 refused"),
+        "{}",
+        backend.summary()
+    );
+}
+
+#[tokio::test]
+async fn a_test_may_raise_the_receive_limit_explicitly() {
+    let backend = RecordingBackend::builder(Protocol::Http)
+        .max_receive_bytes(16 << 20)
+        .start()
+        .await
+        .unwrap();
+    let body = request_of_size(6 << 20).encode_to_vec();
+    let url = format!("{}/v1/traces", backend.endpoint());
+    let response = support::http::post(
+        &url,
+        &[("content-type", "application/x-protobuf")],
+        body,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(backend.span_count(), 1);
+}
+
+#[tokio::test]
+async fn the_http_backend_refuses_a_body_over_the_limit_once_decompressed() {
+    let backend = RecordingBackend::builder(Protocol::Http)
+        .allow_refusals()
+        .start()
+        .await
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&request_of_size(5 << 20).encode_to_vec())
+        .unwrap();
+    let compressed = gz.finish().unwrap();
+    assert!(compressed.len() < 1 << 20, "small on the wire");
+    let url = format!("{}/v1/traces", backend.endpoint());
+    let response = support::http::post(
+        &url,
+        &[
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "gzip"),
+        ],
+        compressed,
+        WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, 413, "{}", response.text());
+    assert_eq!(backend.refused_requests().len(), 1);
+    assert_eq!(backend.request_count(), 0);
+}
+
+#[tokio::test]
+async fn undecodable_grpc_messages_are_recorded_with_their_bytes_not_lost_in_tonic() {
+    let backend = RecordingBackend::builder(Protocol::Grpc)
+        .allow_refusals()
+        .start()
+        .await
+        .unwrap();
+    let invalid_utf8 = two_traces_with_invalid_utf8();
+    let mut short_trace_id = span(trace_id(4), span_id(1), "short id");
+    short_trace_id.trace_id = vec![1; 8];
+    let truncated = two_traces().encode_to_vec()[..30].to_vec();
+    let cases = [
+        ("a span name that is not UTF-8", invalid_utf8),
+        (
+            "an 8-byte trace ID",
+            request("api", vec![short_trace_id]).encode_to_vec(),
+        ),
+        ("a truncated message", truncated),
+    ];
+    for (what, body) in &cases {
+        let status = export_raw(&backend.endpoint(), body.clone())
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}: {status:?}");
+    }
+    let refused = backend.refused_requests();
+    assert_eq!(refused.len(), cases.len(), "{}", backend.summary());
+    for ((what, body), refused) in cases.iter().zip(&refused) {
+        assert_eq!(
+            refused.body.as_ref(),
+            body.as_slice(),
+            "{what}: raw bytes kept"
+        );
+        assert_eq!(refused.protocol, Protocol::Grpc);
+    }
+    assert!(refused[0].reason.contains("UTF-8"), "{}", refused[0].reason);
+    assert!(
+        refused[1].reason.contains("trace_id"),
+        "{}",
+        refused[1].reason
+    );
+    assert_eq!(backend.request_count(), 0);
+}
+
+#[tokio::test]
+async fn the_backend_keeps_the_raw_bytes_of_each_request() {
+    let backend = RecordingBackend::start_grpc().await;
+    let sent = two_traces().encode_to_vec();
+    export_raw(&backend.endpoint(), sent.clone()).await.unwrap();
+    let requests = backend.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].body.as_ref(), sent.as_slice());
+    assert!(!requests[0].json);
+}
+
+#[tokio::test]
+#[should_panic(expected = "the recording backend refused 1 request")]
+async fn a_backend_that_refused_a_request_unexpectedly_fails_the_test() {
+    let backend = RecordingBackend::start_grpc().await;
+    let _ = export_raw(&backend.endpoint(), two_traces_with_invalid_utf8()).await;
+    drop(backend);
+}
+
+#[test]
+fn the_ring_oracle_reproduces_the_collectors_published_vectors() {
+    use support::oracle::{crc32_ieee, CollectorRing};
+    let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        crc32_ieee(b"123456789"),
+        0xCBF4_3926,
+        "the CRC-32 check value"
+    );
+    // loadbalancingexporter/consistent_hashing_test.go, TestPositionsForEndpoints.
+    let one = CollectorRing::with_points(&strings(&["endpoint-1"]), 5);
+    assert_eq!(
+        one.positions(),
+        [1401, 4175, 14133, 17836, 21667].map(|p| (p, "endpoint-1"))
+    );
+    let duplicated = CollectorRing::with_points(&strings(&["endpoint-1", "endpoint-1"]), 5);
+    assert_eq!(duplicated.positions(), one.positions());
+    let two = CollectorRing::with_points(&strings(&["endpoint-2", "endpoint-1"]), 5);
+    assert_eq!(
+        two.positions(),
+        vec![
+            (1401, "endpoint-1"),
+            (4175, "endpoint-1"),
+            (10240, "endpoint-2"),
+            (14133, "endpoint-1"),
+            (15002, "endpoint-2"),
+            (17836, "endpoint-1"),
+            (21263, "endpoint-2"),
+            (21667, "endpoint-1"),
+            (26806, "endpoint-2"),
+            (27020, "endpoint-2"),
+        ]
+    );
+    // TestNewHashRing and TestEndpointFor.
+    let ring = CollectorRing::new(&strings(&["endpoint-1", "endpoint-2"]));
+    assert_eq!(ring.positions().len(), 200);
+    assert_eq!(ring.endpoint_for(&[1, 2, 0, 0]), "endpoint-1");
+    assert_eq!(ring.endpoint_for(&[128, 128, 0, 0]), "endpoint-2");
+    // Past the last point the search wraps to the first (TestBinarySearch's 351 -> 14).
+    let last = *ring.positions().last().unwrap();
+    let first = ring.positions()[0];
+    let past_last = (0u32..)
+        .map(|i| i.to_be_bytes())
+        .find(|id| crc32_ieee(id) % 36_000 > last.0)
+        .unwrap();
+    assert_eq!(ring.endpoint_for(&past_last), first.1);
+}
+
+#[test]
+fn the_probabilistic_oracle_reproduces_the_collectors_test_table() {
+    use support::oracle::probabilistic_keeps;
+    // probabilistic_test.go, TestProbabilisticSampling: the kept share of 100,000 random trace
+    // IDs within 0.2 percentage points.
+    let mut state = 7u64;
+    let ids: Vec<[u8; 16]> = (0..100_000)
+        .map(|_| {
+            let mut id = [0u8; 16];
+            for half in id.chunks_mut(8) {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                half.copy_from_slice(&(state ^ (state >> 29)).to_be_bytes());
+            }
+            id
+        })
+        .collect();
+    for (percentage, salt, expected) in [
+        (100.0, "", 100.0),
+        (0.0, "", 0.0),
+        (25.0, "", 25.0),
+        (33.0, "", 33.0),
+        (33.0, "test-salt", 33.0),
+        (-50.0, "", 0.0),
+        (150.0, "", 100.0),
+    ] {
+        let kept = ids
+            .iter()
+            .filter(|id| probabilistic_keeps(salt, percentage, id))
+            .count();
+        let share = kept as f64 / ids.len() as f64 * 100.0;
+        assert!(
+            (share - expected).abs() <= 0.2,
+            "{percentage}% salt {salt:?}: kept {share}%"
+        );
+    }
+    // Exact decisions from an implementation in Python (fractions.Fraction for the threshold):
+    // at 50% with the default salt these IDs are kept, these are not.
+    let id = |hex: &str| -> [u8; 16] {
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        id
+    };
+    for (hex, kept) in [
+        ("aa805e5568349938d979070ac076ed2f", false),
+        ("fbb0bca37010cbd6e94b4f5802546aee", true),
+        ("cf8b97eccceeb6ab39deb0034a10b98b", true),
+        ("92c277668c2b0b27eea107772ce513dd", true),
+        ("bccb90eda0005ee3e171e792fac6cb79", true),
+        ("1afae4b8562f0ac85ce0679c8220b819", false),
+        ("0eb214d2c9c3a6624829153396361861", false),
+        ("937e50d71b97cdfa5788214fbbe44733", true),
+    ] {
+        assert_eq!(probabilistic_keeps("", 50.0, &id(hex)), kept, "{hex}");
+    }
 }

@@ -145,7 +145,8 @@ async fn the_sampler_shows_the_collectors_prometheus_names_and_promtool_has_noth
     );
     assert_eq!(value("tailgate_decision_lateness_seconds_count", &[]), 10.0);
     let queue = [("exporter", "otlp/backend"), ("data_type", "traces")];
-    assert!(value("otelcol_exporter_queue_capacity", &queue) > 0.0);
+    // The Collector's default sending_queue.queue_size.
+    assert_eq!(value("otelcol_exporter_queue_capacity", &queue), 1000.0);
     assert_eq!(value("otelcol_exporter_queue_size", &queue), 0.0);
     assert_eq!(value("tailgate_buffer_max_traces", &[]), 50_000.0);
     assert_eq!(value("tailgate_decision_wait_seconds", &[]), 0.2);

@@ -4,7 +4,8 @@
 #   tests/clients/requirements.txt);
 # - the OpenTelemetry JS SDK in tests/clients/js/node_modules (pinned in its package-lock.json,
 #   installed with `npm ci`; Node and npm must be on the machine);
-# - promtool (Debian's `prometheus` package), installed with apt when missing and apt is there.
+# - promtool (Debian's `prometheus` package) and curl (the README walkthrough test runs the
+#   README's curl command), installed with apt when missing and apt is there.
 # A test whose prerequisite is still missing fails and says how to install it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,11 +27,32 @@ else
   echo "tests/run.sh: npm not found; the JS SDK tests will fail (apt-get install -y nodejs npm)" >&2
 fi
 
-if ! command -v promtool > /dev/null && command -v apt-get > /dev/null; then
-  # The package's post-install does not start a Prometheus server in a container without init.
+missing=()
+command -v promtool > /dev/null || missing+=(prometheus)
+command -v curl > /dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get > /dev/null; then
+  # The prometheus package's post-install does not start a server in a container without init.
   if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus > /dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
 fi
 
-cargo test "$@"
+# Run, then say how many tests ran and how many were skipped: none may be (`#[ignore]` is not
+# used; a missing prerequisite fails its test instead of skipping it).
+log=$(mktemp "${TMPDIR:-/tmp}/tailgate-tests.XXXXXX")
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test "$@" 2>&1 | tee "$log" || status=$?
+read -r passed failed ignored < <(awk '/^test result:/ {
+    for (i = 1; i <= NF; i++) {
+      if ($(i + 1) ~ /^passed/) p += $i
+      if ($(i + 1) ~ /^failed/) f += $i
+      if ($(i + 1) ~ /^ignored/) g += $i
+    }
+  } END { print p + 0, f + 0, g + 0 }' "$log")
+echo "tests/run.sh: $passed passed, $failed failed, $ignored skipped"
+if [ "$ignored" -ne 0 ]; then
+  echo "tests/run.sh: $ignored tests were skipped (#[ignore]); every test must run" >&2
+  [ "$status" -ne 0 ] || status=1
+fi
+exit "$status"

@@ -22,6 +22,7 @@ use std::time::Duration;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use support::cluster::{balancer_config, dns_resolver, ip, wait_for_metric, Ports, TierSampler};
 use support::dns::DnsServer;
+use support::oracle::CollectorRing;
 use support::{free_port, otlp, Gateway, RecordingBackend};
 use tokio::sync::Mutex;
 
@@ -52,7 +53,15 @@ struct Tier {
 
 impl Tier {
     async fn start(first_octets: &[u8]) -> Tier {
-        let backend = RecordingBackend::start_grpc().await;
+        // A hand-off can leave a sampler with a batch over the backend's 4 MiB limit; the
+        // exporter splits a batch the backend refuses for its size and sends the halves, so
+        // such refusals are expected here (and checked in `stop`: only size refusals, and
+        // `check_every_span_once` proves the halves arrived).
+        let backend = RecordingBackend::builder(support::Protocol::Grpc)
+            .allow_refusals()
+            .start()
+            .await
+            .unwrap();
         let ports = Ports::free();
         let dns = DnsServer::start(
             support::cluster::SAMPLERS,
@@ -159,6 +168,23 @@ impl Tier {
         per_sampler
     }
 
+    /// How many traces each sampler owns when the ring holds `octets`, by the Collector's ring
+    /// (an independent implementation, not tailgate's): who must decide them.
+    fn owners(&self, octets: &[u8]) -> BTreeMap<String, usize> {
+        let endpoints: Vec<String> = octets
+            .iter()
+            .map(|&l| format!("{}:{}", ip(l), self.ports.otlp))
+            .collect();
+        let ring = CollectorRing::new(&endpoints);
+        let mut owners = BTreeMap::new();
+        for t in 1..=TRACES {
+            let owner = ring.endpoint_for(&otlp::trace_id(u128::from(t)));
+            let host = owner.split(':').next().unwrap().to_string();
+            *owners.entry(host).or_default() += 1;
+        }
+        owners
+    }
+
     /// The sum of a counter over the given samplers.
     async fn sum(&self, octets: &[u8], metric: &str) -> f64 {
         let mut total = 0.0;
@@ -184,6 +210,14 @@ impl Tier {
             );
         }
         self.balancer.wait_exit(WAIT).await;
+        for refused in self.backend.refused_requests() {
+            assert_eq!(
+                refused.code,
+                tonic::Code::ResourceExhausted,
+                "only size refusals are expected: {}",
+                refused.reason
+            );
+        }
     }
 }
 
@@ -232,14 +266,23 @@ async fn a_sampler_joining_takes_its_share_of_buffered_traces_and_nothing_is_los
     tier.send_half(1).await;
 
     let per_sampler = tier.check_every_span_once().await;
-    assert!(
-        per_sampler.get("127.0.0.5").copied().unwrap_or(0) > (TRACES / 8) as usize,
-        "the new sampler decided its share: {per_sampler:?}"
+    let owners = tier.owners(&[2, 3, 4, 5]);
+    assert_eq!(
+        per_sampler, owners,
+        "every trace was decided by its owner in the new ring, the new sampler its share"
     );
+    // Every trace the new sampler owns was buffered elsewhere (its first half) and handed over:
+    // at least that many hand-offs. Not exactly that many: while the samplers' views of the
+    // peer set differ (each re-resolves on its own 200 ms timer) a trace can be handed back and
+    // forth before it settles (measured: 3985 hand-offs for 2358 moving traces), which the
+    // exactly-once checks above prove costs nothing.
+    let handed = tier
+        .sum(&[2, 3, 4], "tailgate_cluster_handed_off_traces")
+        .await;
     assert!(
-        tier.sum(&[2, 3, 4], "tailgate_cluster_handed_off_traces")
-            .await
-            > 0.0
+        handed >= owners["127.0.0.5"] as f64,
+        "{handed} hand-offs for {} traces that moved",
+        owners["127.0.0.5"]
     );
     assert_eq!(
         tier.sum(&[2, 3, 4, 5], "tailgate_cluster_kept_traces")
@@ -273,9 +316,10 @@ async fn a_sampler_leaving_hands_off_its_whole_buffer_and_nothing_is_lost() {
         leaving.logs()
     );
     let per_sampler = tier.check_every_span_once().await;
-    assert!(
-        !per_sampler.contains_key("127.0.0.3"),
-        "the leaving sampler decided nothing itself: {per_sampler:?}"
+    assert_eq!(
+        per_sampler,
+        tier.owners(&[2, 4, 5]),
+        "the leaving sampler decided nothing itself; each trace its new owner"
     );
     assert!(
         leaving
@@ -315,9 +359,9 @@ async fn two_samplers_leaving_at_once_lose_nothing_and_pass_nothing_back_and_for
     }
     let per_sampler = tier.check_every_span_once().await;
     assert_eq!(
-        per_sampler.keys().collect::<Vec<_>>(),
-        ["127.0.0.2", "127.0.0.5"],
-        "only the staying samplers decided: {per_sampler:?}"
+        per_sampler,
+        tier.owners(&[2, 5]),
+        "only the staying samplers decided, each trace its owner"
     );
     tier.stop().await;
 }

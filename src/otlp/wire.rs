@@ -211,6 +211,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_value_reports_the_wire_type_it_was_read_with() {
+        // Protobuf wire types: VARINT 0, I64 1, LEN 2, I32 5 (a missed mutant answered 1 always).
+        assert_eq!(wire_type_of(&Value::Varint(7)), 0);
+        assert_eq!(wire_type_of(&Value::Fixed64(7)), 1);
+        assert_eq!(wire_type_of(&Value::Len(b"x")), 2);
+        assert_eq!(wire_type_of(&Value::Fixed32(7)), 5);
+    }
+
+    #[test]
     fn varint_sizes_match_the_encoder() {
         for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
             let mut out = Vec::new();

@@ -224,4 +224,56 @@ rate_allocation:
         assert_eq!(p.evaluate(&slow_error), Ok(Sampled));
         assert_eq!(p.evaluate(&fast_error), Ok(NotSampled));
     }
+
+    /// A sub-policy that always answers one decision (no leaf policy answers `InvertSampled`
+    /// since the Collector's v0.156, but an `and`/`not` built on older semantics may).
+    struct Answers(Decision);
+
+    impl Policy for Answers {
+        fn evaluate(&self, _: &TraceView<'_>) -> Result<Decision, PolicyError> {
+            Ok(self.0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_inverted_sampled_answer_counts_as_sampled_and_spends_the_budget() {
+        let p = CompositePolicy::new(
+            3,
+            vec![
+                (Box::new(Answers(InvertNotSampled)) as Box<dyn Policy>, 3),
+                (Box::new(Answers(InvertSampled)), 3),
+            ],
+        );
+        assert_eq!(
+            p.evaluate(&spans(3, OK)),
+            Ok(Sampled),
+            "kept within the budget"
+        );
+        assert_eq!(
+            p.evaluate(&spans(1, OK)),
+            Ok(NotSampled),
+            "and it was spent"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_allocation_over_100_percent_is_still_capped_by_the_total() {
+        let c = config(
+            r#"
+max_total_spans_per_second: 10
+composite_sub_policy:
+  - {name: a, type: always_sample}
+rate_allocation:
+  - {policy: a, percent: 150}
+"#,
+        );
+        assert_eq!(c.budgets(), [15], "150% of 10, the Collector's arithmetic");
+        let p = c.build();
+        assert_eq!(p.evaluate(&spans(10, OK)), Ok(Sampled));
+        assert_eq!(
+            p.evaluate(&spans(1, OK)),
+            Ok(NotSampled),
+            "the total caps it at 10"
+        );
+    }
 }

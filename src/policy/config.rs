@@ -484,6 +484,25 @@ impl CompositeConfig {
         for (i, sub) in self.composite_sub_policy.iter().enumerate() {
             sub.validate(&format!("{path}.composite_sub_policy[{i}]"), errors);
         }
+        // The Collector ignores an allocation whose name matches no sub-policy, so a typo there
+        // silently leaves the intended sub-policy a budget of 0: refuse it instead.
+        let names: Vec<&str> = self
+            .composite_sub_policy
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        for (i, allocation) in self.rate_allocation.iter().enumerate() {
+            if !names.contains(&allocation.policy.as_str()) {
+                errors.push(ConfigError::new(
+                    format!("{path}.rate_allocation[{i}].policy"),
+                    format!(
+                        "`{}` names no composite_sub_policy (they are: {})",
+                        allocation.policy,
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
     }
 
     /// Each sub-policy's spans-per-second budget, the Collector's way.
@@ -534,6 +553,28 @@ mod tests {
         let value: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
         let err = serde_path_to_error::deserialize::<_, Vec<PolicyConfig>>(value).unwrap_err();
         format!("{}: {}", err.path(), err.inner())
+    }
+
+    #[test]
+    fn a_rate_allocation_naming_no_sub_policy_is_an_error_not_a_zero_budget() {
+        let errors = errors_of(
+            r#"
+- name: comp
+  type: composite
+  composite:
+    max_total_spans_per_second: 10
+    composite_sub_policy:
+      - {name: errors, type: status_code, status_code: {status_codes: [ERROR]}}
+      - {name: rest, type: always_sample}
+    rate_allocation:
+      - {policy: errors, percent: 50}
+      - {policy: erors, percent: 50}
+"#,
+        );
+        assert_eq!(
+            errors,
+            ["p[0].composite.rate_allocation[1].policy: `erors` names no composite_sub_policy (they are: errors, rest)"]
+        );
     }
 
     #[test]

@@ -420,6 +420,20 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
+    #[test]
+    fn the_sampled_label_is_true_for_both_sampled_answers_only() {
+        // The Collector's `sampled` label on count_traces_sampled (a missed mutant answered "").
+        for (decision, label) in [
+            (Decision::Sampled, "true"),
+            (Decision::InvertSampled, "true"),
+            (Decision::NotSampled, "false"),
+            (Decision::InvertNotSampled, "false"),
+            (Decision::Dropped, "false"),
+        ] {
+            assert_eq!(decision.sampled_label(), label, "{decision:?}");
+        }
+    }
+
     struct Fixed(Result<Decision, PolicyError>, Arc<AtomicUsize>);
     impl Policy for Fixed {
         fn evaluate(&self, _: &TraceView<'_>) -> Result<Decision, PolicyError> {

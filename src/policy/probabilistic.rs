@@ -167,28 +167,139 @@ mod tests {
         assert!((0.045..0.055).contains(&share), "kept {share}");
     }
 
-    #[test]
-    fn the_salt_changes_which_traces_are_kept_but_is_deterministic() {
-        let a = ProbabilisticPolicy::new("one", 50.0);
-        let b = ProbabilisticPolicy::new("two", 50.0);
-        let ids: Vec<[u8; 16]> = (0u8..64)
-            .map(|i| [i.wrapping_mul(37).wrapping_add(1); 16])
-            .collect();
-        let ka: Vec<bool> = ids.iter().map(|id| a.keeps(id)).collect();
-        let kb: Vec<bool> = ids.iter().map(|id| b.keeps(id)).collect();
-        assert_ne!(ka, kb);
-        assert_eq!(ka, ids.iter().map(|id| a.keeps(id)).collect::<Vec<_>>());
+    /// `(trace ID, kept at 50% with the default salt, kept at 50% with no salt at all,
+    /// kept at 33% with salt "test-salt")`, computed outside this code by an FNV-1a and an
+    /// exact-rational threshold written in Python from the Collector's probabilistic.go (see
+    /// docs/TESTING.md). A policy that ignored or misapplied the salt would match the first
+    /// column with odds of 2^-32.
+    const DECISIONS: [(&str, bool, bool, bool); 32] = [
+        ("aa805e5568349938d979070ac076ed2f", false, true, false),
+        ("6bc3d5123be939b85654bbf5d00d9c6a", false, false, false),
+        ("ee33a12bed44475e6dd2acaf548c0333", false, false, false),
+        ("252348dfb07c5a822e640f0c514b0545", false, false, false),
+        ("cd78621aef37174df04c031e88362183", false, false, false),
+        ("1afae4b8562f0ac85ce0679c8220b819", false, true, true),
+        ("8b28e492d8ea726d2cb64a2677e3cff1", false, true, true),
+        ("abd92f0366340520794690eed6846fce", false, true, true),
+        ("a4bba65911af7761633102d6136b3a6d", false, false, false),
+        ("fbb0bca37010cbd6e94b4f5802546aee", true, true, false),
+        ("e7b99438c79f979ae65ceb3aa4a325f7", false, true, false),
+        ("cf8b97eccceeb6ab39deb0034a10b98b", true, true, true),
+        ("65e5c7a3b617628147aa2828602d5bcb", false, false, true),
+        ("af57c1adbe2ce65b6a4aa7e39278f3ed", false, true, false),
+        ("92c277668c2b0b27eea107772ce513dd", true, false, true),
+        ("562787561c099933a2d2ab132313f0df", false, false, false),
+        ("bccb90eda0005ee3e171e792fac6cb79", true, false, false),
+        ("ba736345a2eac8539c747d525032ea00", false, false, false),
+        ("56e2c36946c53bae828a8c5813e961c6", false, false, false),
+        ("3ea5739c86289c1edac84bf22dc20c7a", true, false, false),
+        ("1dddfa9adde6f9501d667981ebea69b3", false, false, true),
+        ("93adf221f2600eeecbeb8caa854d61d8", false, false, true),
+        ("a4aa5bbfd10370ffc4bc2176be26af50", false, false, false),
+        ("9739f33d19cf9977bba178906e612970", false, false, false),
+        ("73555954063e893f67ae62b5ba4d44a3", true, true, false),
+        ("1db9057546af0bfc6aabb6ca36c72236", true, true, false),
+        ("0eb214d2c9c3a6624829153396361861", false, true, false),
+        ("937e50d71b97cdfa5788214fbbe44733", true, false, false),
+        ("134da6672f00a0711df7407870d76c9b", true, true, false),
+        ("13cfb32ec6c5c8d8737047a41b5ff920", false, true, false),
+        ("cc7786fe836500e3eb868abd08c324a3", true, true, true),
+        ("7ca5cea1fe85cf61d9e2f3cc52535932", false, true, false),
+    ];
+
+    fn id(hex: &str) -> [u8; 16] {
+        let mut id = [0u8; 16];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        id
     }
 
     #[test]
-    fn an_empty_salt_means_the_collectors_default_salt() {
-        let id = [0xab; 16];
-        let explicit = ProbabilisticPolicy::new(DEFAULT_HASH_SALT, 50.0);
-        let empty = ProbabilisticPolicy::new("", 50.0);
-        assert_eq!(explicit.keeps(&id), empty.keeps(&id));
-        assert_eq!(
-            fnv1a_64(&[DEFAULT_HASH_SALT.as_bytes(), &id]),
-            fnv1a_64(&[b"default-hash-seed", &id])
+    fn decisions_match_an_independent_implementation_for_every_salt() {
+        let default = ProbabilisticPolicy::new("", 50.0);
+        let explicit = ProbabilisticPolicy::new("default-hash-seed", 50.0);
+        let salted = ProbabilisticPolicy::new("test-salt", 33.0);
+        for (hex, with_default_salt, without_salt, with_test_salt) in DECISIONS {
+            let id = id(hex);
+            assert_eq!(default.keeps(&id), with_default_salt, "{hex}, empty salt");
+            assert_eq!(
+                explicit.keeps(&id),
+                with_default_salt,
+                "{hex}, explicit salt"
+            );
+            assert_eq!(salted.keeps(&id), with_test_salt, "{hex}, test-salt at 33%");
+            // The unsalted hash differs on many of these: proof the salt is hashed in.
+            let unsalted = fnv1a_64(&[&id]) <= threshold_for_ratio(0.5);
+            assert_eq!(unsalted, without_salt, "{hex}, no salt");
+        }
+        let differ = DECISIONS.iter().filter(|d| d.1 != d.2).count();
+        assert!(
+            differ >= 8,
+            "the vectors tell salted from unsalted ({differ})"
         );
+        // One hash, exactly: FNV-1a 64 of "default-hash-seed" then sixteen zero bytes.
+        assert_eq!(
+            fnv1a_64(&[DEFAULT_HASH_SALT.as_bytes(), &[0u8; 16]]),
+            0xe195_36ee_d1bb_ac3d
+        );
+    }
+
+    #[test]
+    fn thresholds_equal_exact_rational_arithmetic() {
+        // floor(round64((2^64 - 1) * ratio)), computed with Python's fractions.Fraction.
+        for (ratio, want) in [
+            (0.2, 3_689_348_814_741_910_527u64),
+            (0.33, 6_087_425_544_324_152_319),
+            (0.05, 922_337_203_685_477_631),
+            (0.1, 1_844_674_407_370_955_263),
+            (0.001, 18_446_744_073_709_551),
+            (1.5, u64::MAX),
+        ] {
+            assert_eq!(threshold_for_ratio(ratio), want, "ratio {ratio}");
+        }
+    }
+
+    /// Deterministic, well-mixed trace IDs (splitmix64), standing in for the Collector test's
+    /// seeded `math/rand` IDs.
+    fn random_ids(n: usize) -> impl Iterator<Item = [u8; 16]> {
+        let mut state = 1u64;
+        let mut next = move || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        (0..n).map(move |_| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&next().to_be_bytes());
+            id[8..].copy_from_slice(&next().to_be_bytes());
+            id
+        })
+    }
+
+    #[test]
+    fn the_collectors_probabilistic_test_table_holds() {
+        // probabilistic_test.go, TestProbabilisticSampling: 100,000 random trace IDs, the kept
+        // share within 0.2 percentage points of the expected one.
+        for (name, percentage, salt, expected) in [
+            ("100%", 100.0, "", 100.0),
+            ("0%", 0.0, "", 0.0),
+            ("25%", 25.0, "", 25.0),
+            ("33%", 33.0, "", 33.0),
+            ("33% - custom salt", 33.0, "test-salt", 33.0),
+            ("-%50", -50.0, "", 0.0),
+            ("150%", 150.0, "", 100.0),
+        ] {
+            let policy = ProbabilisticPolicy::new(salt, percentage);
+            let n = 100_000;
+            let kept = random_ids(n).filter(|id| policy.keeps(id)).count();
+            let share = kept as f64 / n as f64 * 100.0;
+            assert!(
+                (share - expected).abs() <= 0.2,
+                "{name}: kept {share}%, expected {expected}%"
+            );
+        }
     }
 }

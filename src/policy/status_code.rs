@@ -75,6 +75,31 @@ mod tests {
     }
 
     #[test]
+    fn each_status_name_selects_its_own_code() {
+        // UNSET 0, OK 1, ERROR 2 (a missed mutant forgot OK).
+        for (name, code) in [("UNSET", 0u8), ("OK", 1), ("ERROR", 2)] {
+            let p = policy(&[name]);
+            assert_eq!(
+                p.evaluate(&trace(vec![span(0, 1, code)])),
+                Ok(Decision::Sampled),
+                "{name}"
+            );
+            let other = (code + 1) % 3;
+            assert_eq!(
+                p.evaluate(&trace(vec![span(0, 1, other)])),
+                Ok(Decision::NotSampled),
+                "{name} against code {other}"
+            );
+            let mut errors = Vec::new();
+            StatusCodeConfig {
+                status_codes: vec![name.to_string()],
+            }
+            .validate("s", &mut errors);
+            assert!(errors.is_empty(), "{name}: {errors:?}");
+        }
+    }
+
+    #[test]
     fn a_trace_is_kept_when_any_span_has_a_listed_status() {
         let cases: &[(&[&str], &[u8], Decision)] = &[
             (&["ERROR"], &[UNSET, UNSET, ERROR], Decision::Sampled),

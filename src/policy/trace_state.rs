@@ -143,6 +143,18 @@ mod tests {
     use Decision::*;
 
     #[test]
+    fn multi_tenant_keys_check_every_part() {
+        assert!(valid_key(b"tenant@system"));
+        assert!(valid_key(b"1tenant@sys"), "a tenant may start with a digit");
+        // A system ID of at most 14 characters (a missed mutant let any length through).
+        assert!(valid_key(b"t@abcdefghijklmn"));
+        assert!(!valid_key(b"t@abcdefghijklmno"), "15 characters");
+        assert!(!valid_key(b"T@sys"), "an upper-case tenant");
+        assert!(!valid_key(b"t@Sys"), "an upper-case system");
+        assert!(!valid_key(b"t@"), "no system");
+    }
+
+    #[test]
     fn parsing_follows_the_w3c_rules_as_opentelemetry_go_applies_them() {
         fn ok<'a>(raw: &'a str, key: &str) -> Result<Option<&'a [u8]>, ()> {
             get(raw.as_bytes(), key.as_bytes())

@@ -370,6 +370,10 @@ mod tests {
         let ring = Ring::new(&[]);
         assert!(ring.is_empty());
         assert_eq!(ring.endpoint_for(b"anything"), None);
+        // And one endpoint is not empty (a mutant answering `true` always was not caught).
+        let one = Ring::new(&strings(&["endpoint-1"]));
+        assert!(!one.is_empty());
+        assert_eq!(one.endpoint_for(b"anything"), Some("endpoint-1"));
     }
 
     #[test]

@@ -195,6 +195,36 @@ impl LogEvery {
 mod tests {
     use super::*;
 
+    /// `app::run` creates the health state not ready and sets it ready only once every receiver
+    /// and endpoint is bound; shutdown sets it back first. Here: what each state answers.
+    #[tokio::test]
+    async fn health_answers_503_until_ready_and_again_once_shutdown_begins() {
+        use tower_service::Service;
+        let health = Health::default();
+        let status = |health: &Health| {
+            let mut router = health.router("/healthz");
+            async move {
+                let request = http::Request::get("/healthz")
+                    .body(axum::body::Body::empty())
+                    .unwrap();
+                router.call(request).await.unwrap().status()
+            }
+        };
+        assert_eq!(
+            status(&health).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "before start"
+        );
+        health.set_ready(true);
+        assert_eq!(status(&health).await, StatusCode::OK, "serving");
+        health.set_ready(false);
+        assert_eq!(
+            status(&health).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down"
+        );
+    }
+
     #[test]
     fn log_every_lets_the_first_line_through_then_throttles() {
         let log = LogEvery::new(Duration::from_secs(3600));

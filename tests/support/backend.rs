@@ -4,8 +4,22 @@
 //! (`POST /v1/traces`, axum; protobuf or JSON bodies, `gzip`/`zstd` content encodings) on a
 //! loopback port. Both protocols share one [`Shared`] state, so they record identically.
 //!
-//! Every request is decoded and appended, with its headers and the answer it got, to a log kept in
-//! a `tokio::sync::watch` channel. Tests wait on that channel ([`RecordingBackend::wait_for_spans`],
+//! It is as strict as a real one (the Collector's OTLP receiver, Tempo, Jaeger):
+//! - a receive limit of [`DEFAULT_MAX_RECEIVE_BYTES`] (4 MiB, gRPC's and their default) on the
+//!   decompressed message; a test that needs more raises it explicitly with
+//!   [`BackendBuilder::max_receive_bytes`];
+//! - strict decoding: every nested message well-formed, every `string` valid UTF-8 (prost checks
+//!   both), every span's trace ID 16 bytes and span ID 8 bytes, neither all zero.
+//!
+//! The gRPC service takes the message body as raw bytes (its own pass-through codec), so the
+//! backend, not tonic, decodes it: a request it refuses (too large, malformed) is recorded as a
+//! [`RefusedRequest`] with its reason and bytes instead of vanishing inside the server. A backend
+//! that refused anything panics when it is dropped, unless the test said it expects refusals
+//! ([`BackendBuilder::allow_refusals`]): a refusal is never silent.
+//!
+//! Every accepted-for-answering request is appended, with its headers, its raw (decompressed)
+//! bytes, its decoded form and the answer it got, to a log kept in a `tokio::sync::watch` channel.
+//! "Byte for byte" tests compare [`ReceivedRequest::body`], the bytes on the wire. Tests wait on that channel ([`RecordingBackend::wait_for_spans`],
 //! [`RecordingBackend::wait_until`]) instead of sleeping: each recorded request wakes the waiters,
 //! which re-check their condition.
 //!
@@ -25,21 +39,22 @@
 //! (rounded up).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -49,13 +64,20 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{NamedService, UnaryService};
 use tonic::Code;
 
 use super::otlp::string_attribute;
 
 /// How long [`RecordingBackend::shutdown`] lets open connections finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The receive limit of gRPC servers, the Collector's OTLP receiver, Tempo and Jaeger: 4 MiB.
+pub const DEFAULT_MAX_RECEIVE_BYTES: usize = 4 << 20;
+
+/// The OTLP trace export method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 /// Which OTLP transport a backend serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +225,11 @@ pub struct ReceivedRequest {
     /// Request headers. For gRPC these are the metadata (tonic strips the protocol's reserved
     /// headers such as `content-type` and `te`); header names are lower case.
     pub headers: HeaderMap,
+    /// The request's bytes as they arrived, after decompression: the protobuf message (or, for an
+    /// OTLP/JSON post, the JSON text). "Byte for byte" checks compare these.
+    pub body: Bytes,
+    /// Whether the body is OTLP/JSON rather than protobuf.
+    pub json: bool,
     /// The decoded request.
     pub request: ExportTraceServiceRequest,
     /// `None` if the backend accepted it, else the failure it answered with.
@@ -284,6 +311,20 @@ impl ReceivedSpan {
     }
 }
 
+/// A request the backend refused before answering it by plan: over the receive limit, or one it
+/// could not decode. A real backend would refuse it too, and with it every span it carried.
+#[derive(Debug, Clone)]
+pub struct RefusedRequest {
+    pub protocol: Protocol,
+    pub headers: HeaderMap,
+    /// The body as it arrived (decompressed when that worked).
+    pub body: Bytes,
+    /// Why, e.g. "5000000 bytes is over the receive limit of 4194304".
+    pub reason: String,
+    /// The gRPC code it was answered with (over HTTP: the matching status, 413 or 400).
+    pub code: Code,
+}
+
 /// A wait on the backend that ran out of time. Its message says what had arrived by then.
 #[derive(Debug, Clone)]
 pub struct WaitTimeout {
@@ -312,8 +353,8 @@ struct Record {
     requests: Vec<ReceivedRequest>,
     /// Requests currently held by [`RecordingBackend::hold_responses`].
     held: usize,
-    /// HTTP bodies that could not be decoded (answered 400, not in `requests`).
-    undecodable: Vec<String>,
+    /// Requests refused as too large or undecodable (not in `requests`).
+    refused: Vec<RefusedRequest>,
 }
 
 /// What the next requests are answered with.
@@ -330,15 +371,73 @@ struct Shared {
     plan: Mutex<Plan>,
     /// `true` while responses are held.
     holding: watch::Sender<bool>,
+    /// The largest (decompressed) message accepted.
+    max_receive_bytes: usize,
+}
+
+/// Why a request was not answered by plan.
+enum Answer {
+    /// Refused as too large or malformed (recorded in `refused`).
+    Refused(Code, String),
+    /// Rejected by the failure plan (recorded in `requests`).
+    Failed(Failure),
 }
 
 impl Shared {
-    fn new() -> Self {
+    fn new(max_receive_bytes: usize) -> Self {
         Shared {
             record: watch::Sender::new(Record::default()),
             plan: Mutex::new(Plan::default()),
             holding: watch::Sender::new(false),
+            max_receive_bytes,
         }
+    }
+
+    fn refuse(
+        &self,
+        protocol: Protocol,
+        headers: HeaderMap,
+        body: Bytes,
+        code: Code,
+        reason: String,
+    ) -> Answer {
+        self.record.send_modify(|r| {
+            r.refused.push(RefusedRequest {
+                protocol,
+                headers,
+                body,
+                reason: reason.clone(),
+                code,
+            })
+        });
+        Answer::Refused(code, reason)
+    }
+
+    /// Checks the (decompressed) body against the limit, decodes it strictly, then answers it.
+    async fn receive(
+        &self,
+        protocol: Protocol,
+        headers: HeaderMap,
+        body: Bytes,
+        json: bool,
+    ) -> Result<(), Answer> {
+        if body.len() > self.max_receive_bytes {
+            let reason = format!(
+                "{} bytes is over the receive limit of {}",
+                body.len(),
+                self.max_receive_bytes
+            );
+            return Err(self.refuse(protocol, headers, body, Code::ResourceExhausted, reason));
+        }
+        let request = match decode_strictly(&body, json) {
+            Ok(request) => request,
+            Err(reason) => {
+                return Err(self.refuse(protocol, headers, body, Code::InvalidArgument, reason))
+            }
+        };
+        self.answer(protocol, headers, body, json, request)
+            .await
+            .map_err(Answer::Failed)
     }
 
     /// Holds while asked to, then records the request and decides the answer.
@@ -346,6 +445,8 @@ impl Shared {
         &self,
         protocol: Protocol,
         headers: HeaderMap,
+        body: Bytes,
+        json: bool,
         request: ExportTraceServiceRequest,
     ) -> Result<(), Failure> {
         if *self.holding.borrow() {
@@ -362,6 +463,8 @@ impl Shared {
             r.requests.push(ReceivedRequest {
                 protocol,
                 headers,
+                body,
+                json,
                 request,
                 rejected_with: failure.clone(),
             })
@@ -389,24 +492,104 @@ impl Drop for HeldGuard<'_> {
     }
 }
 
-/// The gRPC face of [`Shared`].
-struct GrpcService(Arc<Shared>);
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-#[tonic::async_trait]
-impl TraceService for GrpcService {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let (metadata, _extensions, message) = request.into_parts();
-        match self
-            .0
-            .answer(Protocol::Grpc, metadata.into_headers(), message)
-            .await
-        {
-            Ok(()) => Ok(tonic::Response::new(ExportTraceServiceResponse::default())),
-            Err(failure) => Err(failure.to_grpc()),
-        }
+/// A gRPC codec that hands the message over as raw bytes, so the backend decodes it itself and
+/// can record what it could not decode (tonic's prost codec would refuse it out of sight).
+#[derive(Debug, Clone, Copy, Default)]
+struct PassThrough;
+
+impl Codec for PassThrough {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = PassThrough;
+    type Decoder = PassThrough;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PassThrough
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        PassThrough
+    }
+}
+
+impl Encoder for PassThrough {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for PassThrough {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// The gRPC face of [`Shared`]: `TraceService/Export` on raw bytes.
+#[derive(Clone)]
+struct GrpcServer(Arc<Shared>);
+
+impl NamedService for GrpcServer {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+struct ExportHandler(Arc<Shared>);
+
+impl UnaryService<Bytes> for ExportHandler {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let shared = Arc::clone(&self.0);
+        Box::pin(async move {
+            let (metadata, _extensions, body) = request.into_parts();
+            match shared
+                .receive(Protocol::Grpc, metadata.into_headers(), body, false)
+                .await
+            {
+                Ok(()) => Ok(tonic::Response::new(Bytes::from(
+                    ExportTraceServiceResponse::default().encode_to_vec(),
+                ))),
+                Err(Answer::Refused(code, reason)) => Err(tonic::Status::new(code, reason)),
+                Err(Answer::Failed(failure)) => Err(failure.to_grpc()),
+            }
+        })
+    }
+}
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for GrpcServer {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let shared = Arc::clone(&self.0);
+        Box::pin(async move {
+            if request.uri().path() != EXPORT_PATH {
+                let status =
+                    tonic::Status::unimplemented(format!("no method {}", request.uri().path()));
+                return Ok(status.into_http());
+            }
+            // No limit in tonic: the handler applies the backend's own and records what it
+            // refuses.
+            let mut grpc = tonic::server::Grpc::new(PassThrough)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(usize::MAX);
+            Ok(grpc.unary(ExportHandler(shared), request).await)
+        })
     }
 }
 
@@ -420,16 +603,14 @@ async fn http_export(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/json"));
-    let request = match decode_http_body(&headers, &body, json) {
-        Ok(request) => request,
-        Err(error) => {
-            shared
-                .record
-                .send_modify(|r| r.undecodable.push(error.clone()));
-            return (StatusCode::BAD_REQUEST, error).into_response();
+    let plain = match decompress(&headers, &body, shared.max_receive_bytes) {
+        Ok(plain) => plain,
+        Err((code, reason)) => {
+            let answer = shared.refuse(Protocol::Http, headers, body, code, reason);
+            return refused_http(answer);
         }
     };
-    match shared.answer(Protocol::Http, headers, request).await {
+    match shared.receive(Protocol::Http, headers, plain, json).await {
         Ok(()) if json => (
             [(header::CONTENT_TYPE, "application/json")],
             serde_json::to_vec(&ExportTraceServiceResponse::default()).unwrap(),
@@ -440,36 +621,125 @@ async fn http_export(
             ExportTraceServiceResponse::default().encode_to_vec(),
         )
             .into_response(),
-        Err(failure) => failure.to_http(),
+        Err(Answer::Failed(failure)) => failure.to_http(),
+        Err(refused) => refused_http(refused),
     }
 }
 
-fn decode_http_body(
-    headers: &HeaderMap,
-    body: &[u8],
-    json: bool,
-) -> Result<ExportTraceServiceRequest, String> {
+fn refused_http(answer: Answer) -> Response {
+    match answer {
+        Answer::Refused(Code::ResourceExhausted, reason) => {
+            (StatusCode::PAYLOAD_TOO_LARGE, reason).into_response()
+        }
+        Answer::Refused(_, reason) => (StatusCode::BAD_REQUEST, reason).into_response(),
+        Answer::Failed(failure) => failure.to_http(),
+    }
+}
+
+/// The body after its `Content-Encoding`, read to at most one byte past `limit` (so a
+/// decompression bomb is caught without inflating it whole).
+fn decompress(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Bytes, (Code, String)> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity");
-    let plain = match encoding {
-        "identity" | "" => body.to_vec(),
-        "gzip" => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(body)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("bad gzip body: {e}"))?;
-            out
-        }
-        "zstd" => zstd::decode_all(body).map_err(|e| format!("bad zstd body: {e}"))?,
-        other => return Err(format!("unsupported Content-Encoding `{other}`")),
+    let cap = limit as u64 + 1;
+    let mut out = Vec::new();
+    let read = match encoding {
+        "identity" | "" => return Ok(body.clone()),
+        "gzip" => flate2::read::GzDecoder::new(&body[..])
+            .take(cap)
+            .read_to_end(&mut out)
+            .map_err(|e| format!("bad gzip body: {e}")),
+        "zstd" => zstd::stream::read::Decoder::new(&body[..])
+            .and_then(|d| d.take(cap).read_to_end(&mut out))
+            .map_err(|e| format!("bad zstd body: {e}")),
+        other => Err(format!("unsupported Content-Encoding `{other}`")),
     };
-    if json {
-        serde_json::from_slice(&plain).map_err(|e| format!("bad OTLP/JSON body: {e}"))
+    read.map_err(|reason| (Code::InvalidArgument, reason))?;
+    if out.len() > limit {
+        return Err((
+            Code::ResourceExhausted,
+            format!("decompressed body is over the receive limit of {limit}"),
+        ));
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Decodes an export request as a strict backend does: prost checks every nested message's
+/// framing and every string's UTF-8; on top, each span must carry a 16-byte trace ID and an
+/// 8-byte span ID, neither all zero, and a parent span ID that is empty or 8 bytes.
+fn decode_strictly(body: &[u8], json: bool) -> Result<ExportTraceServiceRequest, String> {
+    let request = if json {
+        serde_json::from_slice(body).map_err(|e| format!("bad OTLP/JSON body: {e}"))?
     } else {
-        ExportTraceServiceRequest::decode(plain.as_slice())
-            .map_err(|e| format!("bad OTLP protobuf body: {e}"))
+        ExportTraceServiceRequest::decode(body)
+            .map_err(|e| format!("bad OTLP protobuf body: {e}"))?
+    };
+    for (r, rs) in request.resource_spans.iter().enumerate() {
+        for (s, ss) in rs.scope_spans.iter().enumerate() {
+            for (i, span) in ss.spans.iter().enumerate() {
+                let at = format!("resource_spans[{r}].scope_spans[{s}].spans[{i}]");
+                let valid_id =
+                    |id: &[u8], len: usize| id.len() == len && id.iter().any(|&b| b != 0);
+                if !valid_id(&span.trace_id, 16) {
+                    return Err(format!("{at}: invalid trace_id {:?}", span.trace_id));
+                }
+                if !valid_id(&span.span_id, 8) {
+                    return Err(format!("{at}: invalid span_id {:?}", span.span_id));
+                }
+                if !(span.parent_span_id.is_empty() || span.parent_span_id.len() == 8) {
+                    return Err(format!(
+                        "{at}: invalid parent_span_id {:?}",
+                        span.parent_span_id
+                    ));
+                }
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// How to start a [`RecordingBackend`]: protocol, address, receive limit.
+#[derive(Debug, Clone)]
+pub struct BackendBuilder {
+    protocol: Protocol,
+    addr: SocketAddr,
+    max_receive_bytes: usize,
+    allow_refusals: bool,
+    http_path: String,
+}
+
+impl BackendBuilder {
+    /// Serve OTLP/HTTP on `path` instead of `/v1/traces` (for `traces_endpoint` tests).
+    pub fn http_path(mut self, path: &str) -> Self {
+        self.http_path = path.to_string();
+        self
+    }
+
+    /// Listen on `addr` (e.g. the address of a backend that was shut down, to model a restart)
+    /// instead of a free loopback port.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Accept messages up to `bytes` (decompressed) instead of [`DEFAULT_MAX_RECEIVE_BYTES`].
+    pub fn max_receive_bytes(mut self, bytes: usize) -> Self {
+        self.max_receive_bytes = bytes;
+        self
+    }
+
+    /// The test expects the backend to refuse requests (too large, undecodable): dropping it
+    /// with refusals recorded does not panic.
+    pub fn allow_refusals(mut self) -> Self {
+        self.allow_refusals = true;
+        self
+    }
+
+    /// Binds and starts serving.
+    pub async fn start(self) -> std::io::Result<RecordingBackend> {
+        RecordingBackend::start_with(self).await
     }
 }
 
@@ -481,21 +751,35 @@ pub struct RecordingBackend {
     protocol: Protocol,
     addr: SocketAddr,
     shared: Arc<Shared>,
+    allow_refusals: bool,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl RecordingBackend {
+    /// A builder for a backend of `protocol` on a free loopback port with the default limit.
+    pub fn builder(protocol: Protocol) -> BackendBuilder {
+        BackendBuilder {
+            protocol,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            max_receive_bytes: DEFAULT_MAX_RECEIVE_BYTES,
+            allow_refusals: false,
+            http_path: "/v1/traces".to_string(),
+        }
+    }
+
     /// An OTLP/gRPC backend on a free loopback port.
     pub async fn start_grpc() -> Self {
-        Self::start(Protocol::Grpc, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        Self::builder(Protocol::Grpc)
+            .start()
             .await
             .expect("bind a loopback port for the gRPC backend")
     }
 
     /// An OTLP/HTTP backend on a free loopback port.
     pub async fn start_http() -> Self {
-        Self::start(Protocol::Http, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        Self::builder(Protocol::Http)
+            .start()
             .await
             .expect("bind a loopback port for the HTTP backend")
     }
@@ -503,9 +787,20 @@ impl RecordingBackend {
     /// A backend on a given address, e.g. the address of one that was shut down, to model a
     /// backend that restarts.
     pub async fn start(protocol: Protocol, addr: SocketAddr) -> std::io::Result<Self> {
+        Self::builder(protocol).addr(addr).start().await
+    }
+
+    async fn start_with(options: BackendBuilder) -> std::io::Result<Self> {
+        let BackendBuilder {
+            protocol,
+            addr,
+            max_receive_bytes,
+            allow_refusals,
+            http_path,
+        } = options;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(max_receive_bytes));
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async move {
             // Dropping the sender also means stop.
@@ -513,10 +808,7 @@ impl RecordingBackend {
         };
         let task = match protocol {
             Protocol::Grpc => {
-                let service = TraceServiceServer::new(GrpcService(shared.clone()))
-                    .accept_compressed(CompressionEncoding::Gzip)
-                    .accept_compressed(CompressionEncoding::Zstd)
-                    .max_decoding_message_size(64 << 20);
+                let service = GrpcServer(shared.clone());
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
                 tokio::spawn(async move {
                     tonic::transport::Server::builder()
@@ -528,8 +820,10 @@ impl RecordingBackend {
             }
             Protocol::Http => {
                 let router = Router::new()
-                    .route("/v1/traces", post(http_export))
-                    .layer(DefaultBodyLimit::max(64 << 20))
+                    .route(&http_path, post(http_export))
+                    // The handler applies the limit (compressed and decompressed) and records
+                    // what it refuses.
+                    .layer(DefaultBodyLimit::disable())
                     .with_state(shared.clone());
                 tokio::spawn(async move {
                     axum::serve(listener, router)
@@ -543,6 +837,7 @@ impl RecordingBackend {
             protocol,
             addr,
             shared,
+            allow_refusals,
             stop: Some(stop),
             task: Some(task),
         })
@@ -657,9 +952,20 @@ impl RecordingBackend {
         traces
     }
 
-    /// HTTP bodies that could not be decoded (each answered 400 and not recorded as a request).
-    pub fn undecodable_bodies(&self) -> Vec<String> {
-        self.shared.record.borrow().undecodable.clone()
+    /// Requests refused as too large or undecodable (not among [`Self::requests`]).
+    pub fn refused_requests(&self) -> Vec<RefusedRequest> {
+        self.shared.record.borrow().refused.clone()
+    }
+
+    /// The reasons of [`Self::refused_requests`], for assertions and messages.
+    pub fn refusal_reasons(&self) -> Vec<String> {
+        self.shared
+            .record
+            .borrow()
+            .refused
+            .iter()
+            .map(|r| r.reason.clone())
+            .collect()
     }
 
     /// A one-line account of what was received, for failure messages.
@@ -750,6 +1056,14 @@ impl Drop for RecordingBackend {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        let refused = self.refusal_reasons();
+        if !self.allow_refusals && !refused.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the recording backend refused {} request(s) a real backend would refuse too: \
+                 {refused:?} (a test that expects this starts it with allow_refusals())",
+                refused.len()
+            );
+        }
     }
 }
 
@@ -782,8 +1096,9 @@ fn summarize(record: &Record) -> String {
     if record.held > 0 {
         out += &format!(", {} held", record.held);
     }
-    if !record.undecodable.is_empty() {
-        out += &format!(", undecodable bodies: {:?}", record.undecodable);
+    if !record.refused.is_empty() {
+        let reasons: Vec<&str> = record.refused.iter().map(|r| r.reason.as_str()).collect();
+        out += &format!(", {} refused: {reasons:?}", record.refused.len());
     }
     out
 }

@@ -76,7 +76,9 @@ impl Gateway {
         let binary = std::env::var_os("TAILGATE_TEST_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tailgate")));
+        // Run in the temp dir, so relative paths in a config (the `file` exporter's) land there.
         let mut child = Command::new(binary)
+            .current_dir(dir.path())
             .arg("--config")
             .arg(&config_path)
             .envs(env.iter().copied())
@@ -144,6 +146,11 @@ impl Gateway {
         self.pid
     }
 
+    /// The process's working directory (a temp dir, removed with the `Gateway`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     /// Where the config was written.
     pub fn config_path(&self) -> &Path {
         &self.config_path
@@ -193,13 +200,16 @@ impl Gateway {
 
     /// The value of metric `name` over the series whose labels include all of `labels`, summed
     /// if several match (so `&[]` gives the total over all label sets); 0 if none matches, as
-    /// a counter that was never incremented is usually absent. See [`parse_metric`].
+    /// a counter that was never incremented has no series. `name` and the label keys must be
+    /// ones tailgate declares (see [`assert_declared`]), so a 0 never stands for a renamed
+    /// metric. See [`parse_metric`].
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.metric_opt(name, labels).await.unwrap_or(0.0)
     }
 
     /// Like [`Gateway::metric`], but `None` when no series matches.
     pub async fn metric_opt(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        assert_declared(name, labels);
         parse_metric(&self.metrics().await, name, labels)
     }
 
@@ -332,7 +342,7 @@ fn connectable(listen: &str) -> String {
 
 /// Reads metric `name` from Prometheus text exposition: the sum over the samples named exactly
 /// `name` whose labels include every pair in `labels`; `None` if there is no such sample.
-pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub fn parse_metric_unchecked(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut total = None;
     for line in text.lines() {
         let line = line.trim();
@@ -353,6 +363,50 @@ pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
         }
     }
     total
+}
+
+/// [`parse_metric_unchecked`] of a metric tailgate declares: panics (see [`assert_declared`])
+/// if `name` or a label key is not in the catalog, so an absent series proves the counter did
+/// not move rather than that it was renamed.
+pub fn parse_metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    assert_declared(name, labels);
+    parse_metric_unchecked(text, name, labels)
+}
+
+/// Panics unless `name` is a series name some metric of `src/telemetry/catalog.rs` exports
+/// (under any naming rule) and every key of `labels` is one of its label names.
+pub fn assert_declared(name: &str, labels: &[(&str, &str)]) {
+    use tailgate::telemetry::catalog::{Naming, ALL};
+    let namings = [
+        Naming::COLLECTOR_DEFAULT,
+        Naming::PROMETHEUS,
+        Naming {
+            type_suffix: true,
+            units: false,
+        },
+        Naming {
+            type_suffix: false,
+            units: true,
+        },
+    ];
+    let metric = ALL.iter().find(|m| {
+        namings
+            .iter()
+            .any(|n| m.exported_series_names(*n).iter().any(|s| s == name))
+    });
+    let Some(metric) = metric else {
+        panic!(
+            "`{name}` is not a metric tailgate declares (src/telemetry/catalog.rs): a check \
+             on it would pass for a renamed metric"
+        );
+    };
+    for (key, _) in labels {
+        assert!(
+            metric.labels.contains(key) || (*key == "le" && !metric.buckets.is_empty()),
+            "metric `{name}` has no label `{key}` (it has {:?})",
+            metric.labels
+        );
+    }
 }
 
 /// One sample of Prometheus text exposition.

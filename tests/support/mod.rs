@@ -2,8 +2,9 @@
 //!
 //! Each test file pulls this in with `mod support;`. What it provides:
 //!
-//! - [`RecordingBackend`]: a fake Tempo/Jaeger. An OTLP trace server (gRPC or HTTP) on a loopback
-//!   port that records every export request it receives, decoded, with its headers, and lets a
+//! - [`RecordingBackend`]: a fake Tempo/Jaeger, as strict as one (4 MiB receive limit, strict
+//!   decoding, refusals recorded). An OTLP trace server (gRPC or HTTP) on a loopback
+//!   port that records every export request it receives, raw and decoded, with its headers, and lets a
 //!   test wait for spans to arrive without sleeping. It can be told to fail requests (with or
 //!   without a `RetryInfo` delay) or to hold responses, to exercise the gateway's retries and
 //!   queue.
@@ -16,6 +17,8 @@
 //! - [`cluster`]: a clustered sampler tier behind a balancer, on loopback addresses.
 //! - [`python`]: runs the Python SDK clients in `tests/clients/` (from the venv at `.venv`).
 //! - [`node`]: runs the OpenTelemetry JS SDK clients in `tests/clients/js/` with Node.
+//! - [`oracle`]: the Collector's probabilistic decision and ring, written independently of
+//!   tailgate's code, for expected values.
 //! - [`promtool`]: Prometheus' `promtool`, to lint `/metrics` and test alert rules.
 //! - [`http`]: a minimal HTTP/1 client (health checks, metric scrapes, OTLP/HTTP posts).
 //!
@@ -33,18 +36,20 @@ pub mod dns;
 pub mod gateway;
 pub mod http;
 pub mod node;
+pub mod oracle;
 pub mod otlp;
 pub mod promtool;
 pub mod python;
 
 #[allow(unused_imports)]
 pub use backend::{
-    Failure, Protocol, ReceivedRequest, ReceivedSpan, RecordingBackend, WaitTimeout,
+    BackendBuilder, Failure, Protocol, ReceivedRequest, ReceivedSpan, RecordingBackend,
+    RefusedRequest, WaitTimeout, DEFAULT_MAX_RECEIVE_BYTES,
 };
 #[allow(unused_imports)]
 pub use config::{sampler_config, SamplerConfig, SamplerPorts};
 #[allow(unused_imports)]
-pub use gateway::{parse_metric, Gateway};
+pub use gateway::{assert_declared, parse_metric, parse_metric_unchecked, Gateway};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 

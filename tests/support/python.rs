@@ -1,10 +1,10 @@
 //! Runs the OpenTelemetry Python SDK clients in `tests/clients/`.
 //!
 //! The interpreter is `$TAILGATE_TEST_PYTHON` if set, else `.venv/bin/python` in the crate root
-//! (CI creates that venv from `tests/clients/requirements.txt`: `opentelemetry-sdk` and
+//! (`tests/run.sh` creates that venv from `tests/clients/requirements.txt`: `opentelemetry-sdk` and
 //! `opentelemetry-exporter-otlp-proto-grpc`).
-//! Without one, a test using these clients is skipped with a message on stderr, except under CI
-//! (`CI` set), where a missing interpreter is an error rather than a silent pass.
+//! Without one, a test using these clients fails with a message saying how to create the venv
+//! (`tests/run.sh` does): a missing prerequisite is never a silent pass.
 //!
 //! The client runs on a blocking thread, so the test's runtime keeps serving (a
 //! [`super::RecordingBackend`] on a current-thread runtime still answers the client's exports).
@@ -18,13 +18,22 @@ use serde::Deserialize;
 /// How long [`run_async_jobs`] lets the client run.
 pub const ASYNC_JOBS_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The Python interpreter to run clients with, if there is one.
-pub fn python() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("TAILGATE_TEST_PYTHON") {
-        return Some(PathBuf::from(path));
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    venv.exists().then_some(venv)
+/// How to install what these clients need, for failure messages.
+pub const INSTALL_HINT: &str = "python3 -m venv .venv && .venv/bin/pip install -r \
+                                tests/clients/requirements.txt (tests/run.sh does this)";
+
+/// The Python interpreter to run clients with; panics, saying how to create it, if there is none.
+pub fn python() -> PathBuf {
+    let venv = match std::env::var_os("TAILGATE_TEST_PYTHON") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
+    };
+    assert!(
+        venv.exists(),
+        "the Python SDK clients need {} (or $TAILGATE_TEST_PYTHON); create it: {INSTALL_HINT}",
+        venv.display()
+    );
+    venv
 }
 
 /// The path of a client script in `tests/clients/`.
@@ -43,20 +52,9 @@ pub struct ClientRun {
 }
 
 /// Runs `tests/clients/<script> <args...>` to completion (at most `timeout`, then it is killed
-/// and this panics). `None` means skipped: there is no Python interpreter (a message says so).
-pub async fn run_client(script: &str, args: &[String], timeout: Duration) -> Option<ClientRun> {
-    let Some(python) = python() else {
-        let hint =
-            "python3 -m venv .venv && .venv/bin/pip install -r tests/clients/requirements.txt";
-        if std::env::var_os("CI").is_some() {
-            panic!("CI has no .venv/bin/python for tests/clients/{script}; create it with: {hint}");
-        }
-        eprintln!(
-            "SKIPPED: tests/clients/{script} needs .venv/bin/python (or $TAILGATE_TEST_PYTHON); \
-             create it with: {hint}"
-        );
-        return None;
-    };
+/// and this panics). Panics, saying how to install it, if there is no Python venv.
+pub async fn run_client(script: &str, args: &[String], timeout: Duration) -> ClientRun {
+    let python = python();
     let child = Command::new(&python)
         .arg(client_script(script))
         .args(args)
@@ -78,11 +76,11 @@ pub async fn run_client(script: &str, args: &[String], timeout: Duration) -> Opt
             panic!("tests/clients/{script} {args:?} still running after {timeout:?}; killed");
         }
     };
-    Some(ClientRun {
+    ClientRun {
         status: output.status,
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    })
+    }
 }
 
 /// What `async_jobs.py` reports: one entry per job.
@@ -129,10 +127,10 @@ impl AsyncJobsReport {
 }
 
 /// Runs `async_jobs.py` against an OTLP/gRPC `endpoint` (`http://host:port`) for `jobs` jobs,
-/// asserts it exited 0, and returns its report. `None` means skipped (no Python).
-pub async fn run_async_jobs(endpoint: &str, jobs: usize) -> Option<AsyncJobsReport> {
+/// asserts it exited 0, and returns its report.
+pub async fn run_async_jobs(endpoint: &str, jobs: usize) -> AsyncJobsReport {
     let args = [endpoint.to_string(), jobs.to_string()];
-    let run = run_client("async_jobs.py", &args, ASYNC_JOBS_TIMEOUT).await?;
+    let run = run_client("async_jobs.py", &args, ASYNC_JOBS_TIMEOUT).await;
     assert!(
         run.status.success(),
         "async_jobs.py exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -150,5 +148,5 @@ pub async fn run_async_jobs(endpoint: &str, jobs: usize) -> Option<AsyncJobsRepo
             )
         });
     assert_eq!(report.jobs.len(), jobs, "async_jobs.py reported {report:?}");
-    Some(report)
+    report
 }

@@ -348,7 +348,14 @@ async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     // Once the buffered traces are decided there is room again.
     out.recv().await.unwrap();
     let parsed = crate::otlp::parse_export_request(&body).unwrap();
-    assert!(buffer.ingest(parsed, &body).await.is_ok());
+    // Taken whole, into room made by decisions, not by deciding another trace early.
+    assert_eq!(
+        buffer.ingest(parsed, &body).await,
+        Ok(IngestOutcome {
+            buffered: 1,
+            ..IngestOutcome::default()
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -374,7 +381,8 @@ async fn at_max_buffered_bytes_the_oldest_traces_are_decided_early() {
     assert_eq!(outcome.decided_early, 0);
     assert_eq!(span_ids(&out.recv().await.unwrap()), vec![(1, 1)]);
     assert_eq!(buffer.live_traces(), 3);
-    assert!(buffer.buffered_bytes() <= per_trace * 3);
+    // Three one-span traces of the same size as before: exactly three traces' worth.
+    assert_eq!(buffer.buffered_bytes(), per_trace * 3);
     // Its late spans follow the decision.
     assert_eq!(ingest(&buffer, &[(1, 2, 0)]).await.forwarded_late, 1);
 }
@@ -394,7 +402,14 @@ async fn block_on_overflow_refuses_requests_at_max_buffered_bytes() {
     out.recv().await.unwrap();
     assert_eq!(buffer.buffered_bytes(), 0);
     let parsed = crate::otlp::parse_export_request(&body).unwrap();
-    assert!(buffer.ingest(parsed, &body).await.is_ok());
+    // Taken whole, into room made by decisions, not by deciding another trace early.
+    assert_eq!(
+        buffer.ingest(parsed, &body).await,
+        Ok(IngestOutcome {
+            buffered: 1,
+            ..IngestOutcome::default()
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -830,4 +845,73 @@ async fn two_buffered_traces_with_one_fingerprint_are_both_decided() {
         decided += out.recv().await.unwrap().span_count();
     }
     assert_eq!(buffer.live_traces(), 0);
+}
+
+/// Trace bytes (for `request`'s `[t; 16]` IDs) that land in `n` different shards, so a test
+/// crosses shards whatever this process's shard seed is. (The shard function only picks the
+/// inputs; the assertions are about decisions.)
+fn traces_in_distinct_shards(n: usize) -> Vec<u8> {
+    let mut seen = std::collections::HashSet::new();
+    let picked: Vec<u8> = (1..=255u8)
+        .filter(|&t| seen.insert(shard::shard_of(&[t; 16])))
+        .take(n)
+        .collect();
+    assert_eq!(picked.len(), n, "only {} shards reached", picked.len());
+    picked
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_oldest_trace_is_decided_early_even_when_it_sits_in_another_shard() {
+    let ids = traces_in_distinct_shards(4);
+    let (buffer, mut out, _stop) = start(settings(3), always());
+    // Oldest first: ids[0], ids[1], ids[2], each in its own shard.
+    for &t in &ids[..3] {
+        ingest(&buffer, &[(t, 1, 0)]).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A fourth trace, in a fourth shard, passes num_traces: the oldest overall goes, not the
+    // oldest of the new trace's shard (which holds nothing else).
+    let outcome = ingest(&buffer, &[(ids[3], 1, 0)]).await;
+    assert_eq!(outcome.decided_early, 1);
+    assert_eq!(span_ids(&out.try_recv().unwrap()), vec![(ids[0], 1)]);
+    // Then the next oldest, again from another shard.
+    let fifth = traces_in_distinct_shards(5)[4];
+    assert_eq!(ingest(&buffer, &[(fifth, 1, 0)]).await.decided_early, 1);
+    assert_eq!(span_ids(&out.try_recv().unwrap()), vec![(ids[1], 1)]);
+    assert_eq!(buffer.live_traces(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_shards_decision_cache_sends_late_spans_the_right_way() {
+    // Traces in several shards, half kept and half dropped: each late span finds its own
+    // trace's decision in its own shard's cache.
+    let ids = traces_in_distinct_shards(6);
+    let (buffer, mut out, _stop) = start(
+        settings(100),
+        policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]"),
+    );
+    let first: Vec<(u8, u8, i32)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, 1, if i % 2 == 0 { 2 } else { 0 }))
+        .collect();
+    ingest(&buffer, &first).await;
+    let mut kept = Vec::new();
+    while kept.len() < 3 {
+        kept.extend(span_ids(&out.recv().await.unwrap()));
+    }
+    kept.sort();
+    let mut want: Vec<(u8, u8)> = ids.iter().step_by(2).map(|&t| (t, 1)).collect();
+    want.sort();
+    assert_eq!(kept, want);
+    let late: Vec<(u8, u8, i32)> = ids.iter().map(|&t| (t, 2, 0)).collect();
+    let outcome = ingest(&buffer, &late).await;
+    assert_eq!(
+        (
+            outcome.forwarded_late,
+            outcome.dropped_late,
+            outcome.buffered
+        ),
+        (3, 3, 0)
+    );
 }
