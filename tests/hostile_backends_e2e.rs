@@ -328,3 +328,38 @@ async fn shutdown_keeps_its_grace_period_with_a_backend_that_never_answers() {
         "what could not be delivered is reported: {logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_batches_stay_under_the_backends_receive_limit() {
+    // 8192 spans of about 1 KiB kept at once: one batch by span count (send_batch_size 8192) is
+    // 8 MiB, twice the strict backend's 4 MiB limit (Tempo's default), which would refuse it.
+    let backend = RecordingBackend::start_grpc().await;
+    let ports = SamplerPorts::free();
+    let mut config = SamplerConfig::new(ports, KEEP_ALL, &backend);
+    config.batch = true;
+    config.decision_wait = "500ms".into();
+    let gateway = Gateway::start(&config.render()).await;
+    let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
+    for trace in 0..16u128 {
+        let spans = (0..512u64)
+            .map(|s| {
+                let mut span = otlp::span(otlp::trace_id(trace + 1), otlp::span_id(s + 1), "job");
+                span.attributes.push(otlp::kv("payload", &"x".repeat(1000)));
+                span
+            })
+            .collect();
+        client.export(otlp::request("api", spans)).await.unwrap();
+    }
+    backend.wait_for_spans(8192, WAIT).await.unwrap();
+    assert!(
+        backend.refused_requests().is_empty(),
+        "{}",
+        backend.summary()
+    );
+    assert!(
+        backend.request_count() >= 2,
+        "8 MiB of spans went out in {} request(s)",
+        backend.request_count()
+    );
+    drop(gateway);
+}

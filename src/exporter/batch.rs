@@ -25,6 +25,19 @@ pub struct BatchConfig {
     pub send_batch_size: usize,
     /// Upper bound on a batch's spans; 0 means no bound.
     pub send_batch_max_size: usize,
+    /// tailgate extension: upper bound on a batch's encoded size in bytes, so export requests
+    /// stay under the backends' receive limits (Tempo's, Jaeger's and the Collector's are 4 MiB
+    /// by default) whatever the spans weigh. 0 means no bound.
+    pub send_batch_max_bytes: usize,
+}
+
+/// `send_batch_max_bytes` by default, and the bound without a `batch` processor: under 4 MiB
+/// with room for the request's resource and scope framing.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 4_000_000;
+
+/// What a chunk adds to a request at most: its spans and its resource and scope.
+fn chunk_bytes(chunk: &Chunk) -> usize {
+    chunk.run.len() + chunk.origin.heap_bytes() + 16
 }
 
 impl Default for BatchConfig {
@@ -33,6 +46,7 @@ impl Default for BatchConfig {
             timeout: Duration::from_millis(200),
             send_batch_size: 8192,
             send_batch_max_size: 0,
+            send_batch_max_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
     }
 }
@@ -72,9 +86,29 @@ impl Batcher {
     ) -> Fanout {
         let Some(config) = self.config else {
             while let Some(kept) = next(&mut input, &stop).await {
-                fanout.send(encode_chunks(&kept.chunks)).await;
+                // As it comes, but never one request over the byte bound.
+                let mut part: Vec<Chunk> = Vec::new();
+                let mut part_bytes = 0;
+                for chunk in kept.chunks {
+                    let bytes = chunk_bytes(&chunk);
+                    if !part.is_empty() && part_bytes + bytes > DEFAULT_MAX_BATCH_BYTES {
+                        fanout.send(encode_chunks(&part)).await;
+                        part.clear();
+                        part_bytes = 0;
+                    }
+                    part_bytes += bytes;
+                    part.push(chunk);
+                }
+                if !part.is_empty() {
+                    fanout.send(encode_chunks(&part)).await;
+                }
             }
             return fanout;
+        };
+        let max_bytes = if config.send_batch_max_bytes > 0 {
+            config.send_batch_max_bytes
+        } else {
+            usize::MAX
         };
         let limit = if config.send_batch_max_size > 0 {
             config.send_batch_max_size
@@ -84,25 +118,34 @@ impl Batcher {
         let threshold = config.send_batch_size.max(1).min(limit);
         let mut pending: Vec<Chunk> = Vec::new();
         let mut pending_spans = 0usize;
+        let mut pending_bytes = 0usize;
         let mut flush_at: Option<Instant> = None;
         loop {
             let received = tokio::select! {
                 kept = next(&mut input, &stop) => kept,
                 _ = tokio::time::sleep_until(flush_at.unwrap_or_else(Instant::now)), if flush_at.is_some() => {
                     flush(&fanout, &mut pending, &mut pending_spans).await;
+                    pending_bytes = 0;
                     flush_at = None;
                     continue;
                 }
             };
             let Some(kept) = received else { break };
             for chunk in kept.chunks {
-                if pending_spans > 0 && pending_spans + chunk.spans as usize > limit {
+                let bytes = chunk_bytes(&chunk);
+                if pending_spans > 0
+                    && (pending_spans + chunk.spans as usize > limit
+                        || pending_bytes + bytes > max_bytes)
+                {
                     flush(&fanout, &mut pending, &mut pending_spans).await;
+                    pending_bytes = 0;
                 }
                 pending_spans += chunk.spans as usize;
+                pending_bytes += bytes;
                 pending.push(chunk);
                 if pending_spans >= threshold {
                     flush(&fanout, &mut pending, &mut pending_spans).await;
+                    pending_bytes = 0;
                 }
             }
             if pending_spans == 0 {

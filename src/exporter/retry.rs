@@ -150,6 +150,11 @@ pub fn grpc_code_is_retryable(code: tonic::Code, has_retry_info: bool) -> bool {
 pub fn grpc_refusal(code: tonic::Code, has_retry_info: bool, message: &str) -> Refused {
     match code {
         tonic::Code::ResourceExhausted if !has_retry_info => Refused::TooLarge,
+        // A tonic server (a Rust backend, or another tailgate) answers a message over its limit
+        // with OUT_OF_RANGE, which is retryable: sent again whole it fails forever.
+        tonic::Code::OutOfRange if message.contains("message length too large") => {
+            Refused::TooLarge
+        }
         tonic::Code::InvalidArgument => Refused::Invalid,
         tonic::Code::FailedPrecondition if message.contains(PEER_LEAVING) => Refused::PeerLeaving,
         _ => Refused::Unspecific,
@@ -407,6 +412,19 @@ mod tests {
             1,
         );
         assert_eq!(off.next_wait(None), None);
+    }
+
+    #[test]
+    fn a_tonic_servers_over_limit_answer_is_split_not_retried_whole() {
+        let message = "Error, decoded message length too large: found 4239301 bytes, the limit is: 4194304 bytes";
+        assert_eq!(
+            grpc_refusal(tonic::Code::OutOfRange, false, message),
+            Refused::TooLarge
+        );
+        assert_eq!(
+            grpc_refusal(tonic::Code::OutOfRange, false, "sequence out of range"),
+            Refused::Unspecific
+        );
     }
 
     #[test]

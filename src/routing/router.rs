@@ -150,7 +150,14 @@ impl Router {
                 None => match self.start_backend(endpoint) {
                     Ok(e) => Arc::new(e),
                     Err(message) => {
-                        tracing::error!(endpoint = %endpoint, "cannot start exporter for backend: {message}");
+                        // Retried every second while it fails: logged at most every 10 s.
+                        static START_LOG: std::sync::LazyLock<crate::telemetry::LogEvery> =
+                            std::sync::LazyLock::new(|| {
+                                crate::telemetry::LogEvery::new(std::time::Duration::from_secs(10))
+                            });
+                        if START_LOG.ready() {
+                            tracing::error!(endpoint = %endpoint, "cannot start exporter for backend: {message}");
+                        }
                         continue;
                     }
                 },

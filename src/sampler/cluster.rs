@@ -206,7 +206,7 @@ impl Cluster {
         }
         // Taken or refused whole: nothing is forwarded if the rest would be refused.
         self.buffer
-            .wait_for_room()
+            .wait_for_room(&split.mine)
             .await
             .map_err(|_| Refusal::Full)?;
         let mut keep = split.mine;
@@ -349,11 +349,17 @@ impl Cluster {
         let left = self.hand_off_traces(traces).await;
         let kept = left.len();
         if kept > 0 {
+            static KEPT_LOG: std::sync::LazyLock<crate::telemetry::LogEvery> =
+                std::sync::LazyLock::new(|| {
+                    crate::telemetry::LogEvery::new(std::time::Duration::from_secs(10))
+                });
             self.metrics.kept_traces.increment(kept as u64);
-            tracing::warn!(
-                traces = kept,
-                "no peer took these traces; they stay here and are decided here (counted in tailgate_cluster_kept_traces_total)"
-            );
+            if KEPT_LOG.ready() {
+                tracing::warn!(
+                    traces = kept,
+                    "no peer took these traces; they stay here and are decided here (counted in tailgate_cluster_kept_traces)"
+                );
+            }
             self.put_back(left).await;
         }
         tracing::info!(

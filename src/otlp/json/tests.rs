@@ -382,8 +382,7 @@ fn malformed_hex_ids_are_refused_with_a_message() {
         assert!(!error.is_empty(), "{what}");
     }
     // Wrong length but valid hex: converts, and the wire walker refuses the 8-byte ID.
-    let body =
-        json_to_protobuf(request("[]", "1", "0", "5b8efff798038103").as_bytes()).unwrap();
+    let body = json_to_protobuf(request("[]", "1", "0", "5b8efff798038103").as_bytes()).unwrap();
     assert!(
         crate::otlp::parse_export_request(&body).is_err(),
         "an 8-byte trace ID"

@@ -78,7 +78,7 @@ impl TraceBuffer {
         if request.spans.is_empty() {
             return Ok(IngestOutcome::default());
         }
-        self.wait_for_room().await?;
+        self.wait_for_room(&request.spans).await?;
         Ok(self.add(request, body, carried).await)
     }
 

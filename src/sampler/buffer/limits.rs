@@ -1,16 +1,17 @@
 //! The buffer's limits: `num_traces` and `max_buffered_bytes` (a tailgate extension), and what
 //! happens at them. By default the oldest traces are decided early (their spans so far are judged
 //! by the policies; later spans follow that decision), counted by limit and logged. With
-//! `block_on_overflow` a request that arrives at a limit is refused whole instead, for the client
-//! to retry.
+//! `block_on_overflow` a request that would start a trace at `num_traces` (or any request at
+//! `max_buffered_bytes`) waits for decisions to make room, at most [`OVERFLOW_MAX_WAIT`], and is
+//! then refused whole, for the client to retry.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::shard::SHARDS;
+use super::shard::{shard_of, SHARDS};
 use super::{IngestOutcome, Overflow, TraceBuffer};
-use crate::otlp::Chunk;
+use crate::otlp::{Chunk, SpanRef, TraceId};
 
 /// With `block_on_overflow`, how long a request waits for room before it is refused. The
 /// Collector blocks the call until there is room, for as long as the client waits; tailgate
@@ -19,21 +20,47 @@ use crate::otlp::Chunk;
 pub const OVERFLOW_MAX_WAIT: Duration = Duration::from_secs(5);
 
 impl TraceBuffer {
-    /// With `block_on_overflow`, whether the buffer is at a limit.
-    fn is_full(&self) -> bool {
+    /// With `block_on_overflow`, whether `spans` must wait for room: at `max_buffered_bytes`
+    /// every request waits; at `num_traces` only one that would start a trace. Spans of traces
+    /// already buffered, being decided, or decided (they follow the cached decision) add no
+    /// trace, and are taken, as the Collector takes them.
+    fn must_wait(&self, spans: &[SpanRef]) -> bool {
         let settings = self.settings();
         if !settings.block_on_overflow {
             return false;
         }
-        let full_bytes =
-            settings.max_buffered_bytes > 0 && self.buffered_bytes() >= settings.max_buffered_bytes;
-        full_bytes || self.live_traces() >= settings.num_traces
+        if settings.max_buffered_bytes > 0 && self.buffered_bytes() >= settings.max_buffered_bytes {
+            return true;
+        }
+        self.live_traces() >= settings.num_traces && !self.all_traces_known(spans)
     }
 
-    /// With `block_on_overflow`, waits while the buffer is at a limit, until decisions make
-    /// room, at most [`OVERFLOW_MAX_WAIT`]; then refuses ([`TraceBuffer::refuse_if_full`]).
-    pub async fn wait_for_room(&self) -> Result<(), Overflow> {
-        if !self.is_full() {
+    /// Whether every span's trace is buffered, being decided, or in the decision cache.
+    fn all_traces_known(&self, spans: &[SpanRef]) -> bool {
+        let now = Instant::now();
+        let mut last: Option<&TraceId> = None;
+        for span in spans {
+            let id = &span.info.trace_id;
+            if last == Some(id) {
+                continue;
+            }
+            last = Some(id);
+            let state = self.lock(shard_of(id));
+            let known = state.traces.contains_key(id)
+                || state.deciding.contains_key(id)
+                || state.cache.get_with_age(id, now).is_some();
+            if !known {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// With `block_on_overflow`, waits while `spans` cannot be taken (see
+    /// [`TraceBuffer::must_wait`]), until decisions make room, at most [`OVERFLOW_MAX_WAIT`];
+    /// then refuses, counted and logged.
+    pub async fn wait_for_room(&self, spans: &[SpanRef]) -> Result<(), Overflow> {
+        if !self.must_wait(spans) {
             return Ok(());
         }
         let deadline = Instant::now() + OVERFLOW_MAX_WAIT;
@@ -42,30 +69,30 @@ impl TraceBuffer {
             tokio::pin!(room);
             // Registered before the check, so a decision between the check and the wait wakes it.
             room.as_mut().enable();
-            if !self.is_full() {
+            if !self.must_wait(spans) {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
-                return self.refuse_if_full();
+                if !self.must_wait(spans) {
+                    return Ok(());
+                }
+                self.metrics.refusals.increment(1);
+                self.log_overflow();
+                return Err(Overflow);
             }
         }
     }
 
-    /// With `block_on_overflow`, refuses a request while the buffer is at a limit (counted and
-    /// logged).
-    pub fn refuse_if_full(&self) -> Result<(), Overflow> {
-        if self.is_full() {
-            self.metrics.refusals.increment(1);
-            if self.overflow_log.ready() {
-                tracing::warn!(
-                    num_traces = self.settings().num_traces,
-                    max_buffered_bytes = self.settings().max_buffered_bytes,
-                    "buffer full with block_on_overflow: refusing requests with a retryable status"
-                );
-            }
-            return Err(Overflow);
+    fn log_overflow(&self) {
+        if self.overflow_log.ready() {
+            let settings = self.settings();
+            tracing::warn!(
+                num_traces = settings.num_traces,
+                max_buffered_bytes = settings.max_buffered_bytes,
+                "buffer full with block_on_overflow: refusing requests with a retryable status \
+                 (counted in tailgate_buffer_overflow_refusals)"
+            );
         }
-        Ok(())
     }
 
     pub(super) fn over_traces(&self) -> bool {

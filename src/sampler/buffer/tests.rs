@@ -326,6 +326,30 @@ async fn block_on_overflow_holds_a_request_until_decisions_make_room() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn block_on_overflow_takes_spans_of_known_traces_at_num_traces() {
+    let errors =
+        policies("[{name: errors, type: status_code, status_code: {status_codes: [ERROR]}}]");
+    let mut s = settings(2);
+    s.block_on_overflow = true;
+    s.decision_wait = Duration::from_secs(3);
+    let (buffer, mut out, _stop) = start(s, errors);
+    ingest(&buffer, &[(1, 1, 0), (2, 1, 0)]).await;
+    // At num_traces: more spans of trace 1 add no trace, so they are taken at once.
+    let asked = Instant::now();
+    assert_eq!(ingest(&buffer, &[(1, 2, 2)]).await.buffered, 1);
+    assert_eq!(Instant::now(), asked, "not held");
+    // Trace 1 (now an error) is kept; trace 2 is not. Trace 3 waited for that room.
+    let outcome = ingest(&buffer, &[(3, 1, 0)]).await;
+    assert_eq!(outcome.buffered, 1);
+    assert_eq!(span_ids(&out.recv().await.unwrap()), vec![(1, 1), (1, 2)]);
+    // A late span of the decided trace 2 is taken while trace 3 and a new one fill the buffer.
+    ingest(&buffer, &[(4, 1, 0)]).await;
+    let asked = Instant::now();
+    assert_eq!(ingest(&buffer, &[(2, 2, 0)]).await.dropped_late, 1);
+    assert_eq!(Instant::now(), asked, "a decided trace's span is not held");
+}
+
+#[tokio::test(start_paused = true)]
 async fn block_on_overflow_refuses_requests_instead_of_deciding_early() {
     let mut s = settings(2);
     s.block_on_overflow = true;
