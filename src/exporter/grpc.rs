@@ -104,8 +104,15 @@ impl GrpcTransport {
 /// Maps a gRPC failure to a retry decision, reading any `RetryInfo` the server attached.
 pub fn classify(status: &tonic::Status) -> SendError {
     let retry_after = retry_info(status.details());
+    // tonic reports a call the transport broke off (a connection reset when the backend was
+    // killed, a stream torn down) as UNKNOWN or INTERNAL with the transport's error as its
+    // source; no server said anything, so it is retried like UNAVAILABLE (grpc-go reports
+    // these as UNAVAILABLE). A status the server sent has no source.
+    use std::error::Error as _;
+    let broken_off = status.source().is_some()
+        && matches!(status.code(), tonic::Code::Unknown | tonic::Code::Internal);
     SendError {
-        retryable: grpc_code_is_retryable(status.code(), retry_after.is_some()),
+        retryable: broken_off || grpc_code_is_retryable(status.code(), retry_after.is_some()),
         refused: grpc_refusal(status.code(), retry_after.is_some(), status.message()),
         retry_after,
         message: format!("{:?}: {}", status.code(), status.message()),
@@ -176,6 +183,16 @@ pub fn bad_response(kind: &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_the_transport_broke_off_is_retried_and_a_servers_unknown_is_not() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let broken = tonic::Status::from_error(Box::new(reset));
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        assert!(classify(&broken).retryable);
+        assert!(!classify(&tonic::Status::unknown("backend bug")).retryable);
+        assert!(!classify(&tonic::Status::internal("backend bug")).retryable);
+    }
 
     #[test]
     fn resource_exhausted_is_retryable_only_with_retry_info() {
