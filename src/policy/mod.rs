@@ -197,34 +197,39 @@ struct NamedPolicy {
     name: String,
     policy: Box<dyn Policy>,
     /// `count_traces_sampled` and `count_spans_sampled` handles for this policy, one per label
-    /// set (see [`Decision::label_set`]), and its execution count and time, registered when the
-    /// set is built: looking a labelled metric up on every decision cost more than the policies
-    /// themselves.
-    traces: [metrics::Counter; 3],
-    spans: [metrics::Counter; 3],
+    /// set (see [`Decision::label_set`]), registered on first use (a series appears once it
+    /// has counted something, as the Collector's do): looking a labelled metric up on every
+    /// decision cost more than the policies themselves.
+    traces: [std::sync::OnceLock<metrics::Counter>; 3],
+    spans: [std::sync::OnceLock<metrics::Counter>; 3],
     executions: metrics::Counter,
-    execution_micros: metrics::Counter,
+    cpu_time: metrics::Counter,
 }
 
 impl NamedPolicy {
     fn new(name: String, policy: Box<dyn Policy>) -> Self {
-        let per_label_set = |metric: &'static catalog::Metric| {
-            [Decision::Sampled, Decision::NotSampled, Decision::Dropped]
-                .map(|d| metric.counter(&[&name, d.sampled_label(), d.decision_label()]))
-        };
         Self {
-            traces: per_label_set(&catalog::POLICY_DECISIONS),
-            spans: per_label_set(&catalog::POLICY_SPAN_DECISIONS),
+            traces: Default::default(),
+            spans: Default::default(),
             executions: catalog::POLICY_EXECUTIONS.counter(&[&name]),
-            execution_micros: catalog::POLICY_EXECUTION_TIME.counter(&[&name]),
+            cpu_time: catalog::POLICY_CPU_TIME.counter(&[&name]),
             name,
             policy,
         }
     }
 
     fn count(&self, decision: Decision, spans: usize) {
-        self.traces[decision.label_set()].increment(1);
-        self.spans[decision.label_set()].increment(spans as u64);
+        let labels = [
+            &self.name[..],
+            decision.sampled_label(),
+            decision.decision_label(),
+        ];
+        self.traces[decision.label_set()]
+            .get_or_init(|| catalog::POLICY_DECISIONS.counter(&labels))
+            .increment(1);
+        self.spans[decision.label_set()]
+            .get_or_init(|| catalog::POLICY_SPAN_DECISIONS.counter(&labels))
+            .increment(spans as u64);
     }
 }
 
@@ -278,8 +283,7 @@ impl PolicySet {
             let started = std::time::Instant::now();
             let result = p.policy.evaluate(trace);
             p.executions.increment(1);
-            p.execution_micros
-                .increment(started.elapsed().as_micros() as u64);
+            p.cpu_time.increment(started.elapsed().as_nanos() as u64);
             let decision = match result {
                 Ok(decision) => decision,
                 Err(error) => {

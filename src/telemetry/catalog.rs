@@ -366,12 +366,12 @@ declare! {
         "Each policy's answer for each trace it evaluated.";
     POLICY_SPAN_DECISIONS = Counter "otelcol_processor_tail_sampling_count_spans_sampled" ["policy", "sampled", "decision"] "{spans}"
         "Spans of the traces each policy evaluated, by its answer.";
-    POLICY_EXECUTIONS = Counter "otelcol_processor_tail_sampling_sampling_policy_execution_count" ["policy"] "{executions}"
+    POLICY_EXECUTIONS = Counter "otelcol_processor_tail_sampling_sampling_policy_executions" ["policy"] "{executions}"
         "Times each policy was evaluated.";
-    POLICY_EXECUTION_TIME = Counter "otelcol_processor_tail_sampling_sampling_policy_execution_time_sum" ["policy"] "us"
-        "Time spent evaluating each policy, in microseconds (divide by execution_count for the mean).";
-    DECISION_TIMER_LATENCY = Histogram "otelcol_processor_tail_sampling_sampling_decision_timer_latency" [] "ms"
-        buckets [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0]
+    POLICY_CPU_TIME = Counter "otelcol_processor_tail_sampling_sampling_policy_cpu_time" ["policy"] "{nanoseconds}"
+        "Time spent evaluating each policy, in nanoseconds (divide by sampling_policy_executions for the mean).";
+    DECISION_TIMER_LATENCY = Histogram "otelcol_processor_tail_sampling_sampling_decision_timer_latency" [] "s"
+        buckets [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
         "Time one decision round of a shard took: popping the due traces, running the policies, recording the decisions.";
     TRACE_REMOVAL_AGE = Histogram "otelcol_processor_tail_sampling_sampling_trace_removal_age" [] "s"
         buckets [1.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0]

@@ -262,7 +262,7 @@ impl TraceBuffer {
                 self.update_gauges();
                 self.metrics
                     .timer_latency
-                    .record(started.elapsed().as_secs_f64() * 1000.0);
+                    .record(started.elapsed().as_secs_f64());
             }
             if !kept.is_empty() {
                 self.send(SpanBatch { chunks: kept }).await;
