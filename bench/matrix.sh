@@ -32,7 +32,7 @@ shapes=(
 per_million() {
   # The JSON line sampler.sh prints last.
   LOADGEN_ARGS="$2" GATEWAY_BIN="$1" bash bench/sampler.sh cpu 2> /dev/null |
-    python3 -c 'import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(f"{r[\"cpu_s_per_million_spans\"]:.3f} ({r[\"spans_per_s\"]:.0f}/s)")'
+    python3 -c 'import json,sys; r=json.loads(sys.stdin.read().strip().splitlines()[-1]); print("%.3f (%.0f/s)" % (r["cpu_s_per_million_spans"], r["spans_per_s"]))'
 }
 
 if [ -n "${BEFORE:-}" ]; then

@@ -233,6 +233,9 @@ impl NamedPolicy {
     }
 }
 
+/// `sampling_policy_cpu_time` is measured on one trace in this many (by trace ID) and scaled.
+const TIMED_EVERY: u8 = 16;
+
 /// The configured policies, in evaluation order, with the combination rule.
 pub struct PolicySet {
     policies: Vec<NamedPolicy>,
@@ -279,11 +282,17 @@ impl PolicySet {
         let mut seen = Seen::default();
         let mut first_sampled = None;
         let mut first_invert_sampled = None;
+        // One trace in TIMED_EVERY has its policies timed (two clock reads per policy were a
+        // tenth of the cost of a one-span trace); the time is scaled up to stand for the rest.
+        let timed = trace.trace_id[15] % TIMED_EVERY == 0;
         for (index, p) in self.policies.iter().enumerate() {
-            let started = std::time::Instant::now();
+            let started = timed.then(std::time::Instant::now);
             let result = p.policy.evaluate(trace);
             p.executions.increment(1);
-            p.cpu_time.increment(started.elapsed().as_nanos() as u64);
+            if let Some(started) = started {
+                let nanos = started.elapsed().as_nanos() as u64;
+                p.cpu_time.increment(nanos * u64::from(TIMED_EVERY));
+            }
             let decision = match result {
                 Ok(decision) => decision,
                 Err(error) => {

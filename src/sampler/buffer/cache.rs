@@ -141,10 +141,20 @@ impl FifoSet {
 
     /// Adds `key` (at ring `position`) unless present; the oldest key goes when full.
     pub fn insert(&mut self, key: u64, position: u16) {
-        if self.capacity == 0 || self.members.contains_key(&key) {
+        self.insert_at(key, position, Instant::now());
+    }
+
+    /// [`FifoSet::insert`] with the time of the decision given (one clock read per round).
+    pub fn insert_at(&mut self, key: u64, position: u16, now: Instant) {
+        if self.capacity == 0 {
             return;
         }
-        self.members.insert(key, self.millis(Instant::now()));
+        let at = self.millis(now);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.members.entry(key) {
+            slot.insert(at);
+        } else {
+            return;
+        }
         self.order.push_back((key, position));
         if self.order.len() > self.capacity {
             if let Some((old, _)) = self.order.pop_front() {
@@ -217,12 +227,18 @@ impl DecisionCache {
     /// known all the same: a decision adopted from a peer while the trace was being decided, or
     /// another trace ID with the same fingerprint (crafted IDs can collide: the fingerprint is
     /// the same function on every sampler, so it is not seeded). Then the first decision stays.
+    #[cfg(test)]
     pub fn remember_buffered(&mut self, id: &TraceId, decision: Remembered) {
+        self.remember_buffered_at(id, decision, Instant::now());
+    }
+
+    /// [`DecisionCache::remember_buffered`] with the time of the decision given.
+    pub fn remember_buffered_at(&mut self, id: &TraceId, decision: Remembered, now: Instant) {
         let key = fingerprint(id);
         let position = ring_position(id);
         match decision {
-            Remembered::Sampled => self.sampled.insert(key, position),
-            Remembered::NotSampled => self.not_sampled.insert(key, position),
+            Remembered::Sampled => self.sampled.insert_at(key, position, now),
+            Remembered::NotSampled => self.not_sampled.insert_at(key, position, now),
         }
     }
 

@@ -89,6 +89,7 @@ impl TraceBuffer {
             .collect();
         // Each exported trace: its judged chunks, the spans that joined while it was judged.
         let mut exported: Vec<(Vec<Chunk>, Vec<Stored>, Verdict)> = Vec::new();
+        let now = Instant::now();
         {
             let mut state = self.lock(shard);
             for (id, verdict, spans, chunks) in judged {
@@ -99,7 +100,7 @@ impl TraceBuffer {
                 } else {
                     Remembered::NotSampled
                 };
-                state.cache.remember_buffered(&id, remembered);
+                state.cache.remember_buffered_at(&id, remembered, now);
                 let all_spans = u64::from(spans + pending.spans);
                 if sampled {
                     self.metrics.traces_sampled.increment(1);

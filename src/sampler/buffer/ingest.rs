@@ -253,7 +253,7 @@ impl TraceBuffer {
             {
                 let entry = traces.remove(&id).expect("present");
                 self.counts.remove_trace(entry.spans, entry.memory);
-                cache.remember_buffered(&id, Remembered::NotSampled);
+                cache.remember_buffered_at(&id, Remembered::NotSampled, now);
                 outcome.too_large += 1;
                 self.metrics
                     .spans_not_sampled
