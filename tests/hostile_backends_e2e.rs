@@ -324,7 +324,7 @@ async fn shutdown_keeps_its_grace_period_with_a_backend_that_never_answers() {
     let logs = gateway.logs();
     assert!(logs.contains("shutdown complete"), "{logs}");
     assert!(
-        logs.contains("unsent") || logs.contains("undelivered") || logs.contains("lost"),
+        logs.contains("shutdown grace period ended before the queue drained; unsent spans dropped"),
         "what could not be delivered is reported: {logs}"
     );
 }

@@ -77,8 +77,25 @@ fn skip_varint(buf: &[u8], pos: usize) -> Option<usize> {
 /// general walker then decides and reports).
 #[inline]
 fn read_span_fast(span: &[u8]) -> Option<SpanInfo> {
-    // One loop on purpose: this is the per-span hot path, and a match per field byte keeps it
-    // free of calls (see the fast-path note on `read_span`).
+    scan_span_fast::<false>(span, 0)
+}
+
+/// The door's per-span hot path: the summary of [`read_span_fast`] and the deep checks of
+/// [`validate::span`] in one pass, for spans as SDKs write them. `None` when anything is unusual,
+/// invalid or not ASCII-clean in a way the general walkers must judge (they then decide, report
+/// the path, or note UTF-8 to repair); `Some` only for a span both would pass unchanged.
+#[inline]
+pub(crate) fn check_span_fast(span: &[u8], base: usize) -> Option<SpanInfo> {
+    scan_span_fast::<true>(span, base)
+}
+
+/// The one loop behind [`read_span_fast`] and [`check_span_fast`]: the summary fields, and with
+/// `DEEP` the door's checks of names, attributes, events, links and status (`base` is the span's
+/// offset in the request, for the general walkers' positions). One loop on purpose: this is the
+/// per-span hot path, and a match per field byte keeps it free of calls (see the fast-path note
+/// on `read_span`); `DEEP` is a constant, so each caller gets its own loop with no test of it.
+#[inline(always)]
+fn scan_span_fast<const DEEP: bool>(span: &[u8], base: usize) -> Option<SpanInfo> {
     let mut info = SpanInfo {
         trace_id: [0; 16],
         start_unix_nano: 0,
@@ -116,7 +133,28 @@ fn read_span_fast(span: &[u8]) -> Option<SpanInfo> {
                         }
                         info.is_root = len == 0;
                     }
-                    0x7a => info.status_code = read_status_fast(value)?,
+                    0x7a => {
+                        info.status_code = read_status_fast(value)?;
+                        if DEEP {
+                            let mut walk = Walk::new(InvalidUtf8::Refuse);
+                            validate::status(value, base + start, &mut walk).ok()?;
+                        }
+                    }
+                    // trace_state, name
+                    0x1a | 0x2a if DEEP && !validate::is_text(value) => return None,
+                    0x4a if DEEP => validate::key_value_fast(value)?,
+                    0x5a | 0x6a if DEEP => {
+                        // Events and links are rarer: the general walkers, any fault (or UTF-8
+                        // to repair) sending the whole span down the general path.
+                        let mut walk = Walk::new(InvalidUtf8::Refuse);
+                        let at = base + start;
+                        let checked = if key == 0x5a {
+                            validate::event(value, at, &mut walk)
+                        } else {
+                            validate::link(value, at, &mut walk)
+                        };
+                        checked.ok()?;
+                    }
                     _ => {}
                 }
                 pos = end;
@@ -135,96 +173,6 @@ fn read_span_fast(span: &[u8]) -> Option<SpanInfo> {
             // kind, dropped attributes / events / links counts (varints).
             0x30 | 0x50 | 0x60 | 0x70 => pos = skip_varint(span, pos)?,
             // flags (field 16, fixed32): a two-byte key.
-            0x85 if span.get(pos) == Some(&0x01) => {
-                pos += 5;
-                if pos > n {
-                    return None;
-                }
-            }
-            _ => return None,
-        }
-    }
-    if !has_trace_id || !has_span_id || info.trace_id == [0; 16] {
-        return None;
-    }
-    Some(info)
-}
-
-/// The door's per-span hot path: the summary of [`read_span_fast`] and the deep checks of
-/// [`validate::span`] in one pass, for spans as SDKs write them. `None` when anything is unusual,
-/// invalid or not ASCII-clean in a way the general walkers must judge (they then decide, report
-/// the path, or note UTF-8 to repair); `Some` only for a span both would pass unchanged.
-#[inline]
-pub(crate) fn check_span_fast(span: &[u8], base: usize) -> Option<SpanInfo> {
-    let mut info = SpanInfo {
-        trace_id: [0; 16],
-        start_unix_nano: 0,
-        end_unix_nano: 0,
-        status_code: 0,
-        is_root: true,
-    };
-    let mut has_trace_id = false;
-    let mut has_span_id = false;
-    let mut pos = 0;
-    let n = span.len();
-    while pos < n {
-        let key = span[pos];
-        pos += 1;
-        match key {
-            0x0a | 0x12 | 0x1a | 0x22 | 0x2a | 0x4a | 0x5a | 0x6a | 0x7a => {
-                let (len, start) = short_len(span, pos)?;
-                let end = start.checked_add(len).filter(|&end| end <= n)?;
-                let value = &span[start..end];
-                match key {
-                    0x0a => {
-                        info.trace_id = value.try_into().ok()?;
-                        has_trace_id = true;
-                    }
-                    0x12 => {
-                        if len != 8 {
-                            return None;
-                        }
-                        has_span_id = true;
-                    }
-                    0x22 => {
-                        if len != 0 && len != 8 {
-                            return None;
-                        }
-                        info.is_root = len == 0;
-                    }
-                    // trace_state, name
-                    0x1a | 0x2a if !validate::is_text(value) => return None,
-                    0x4a => validate::key_value_fast(value)?,
-                    0x5a | 0x6a | 0x7a => {
-                        // Events, links and status are rarer: the general walkers, any fault
-                        // (or UTF-8 to repair) sending the whole span down the general path.
-                        let mut walk = Walk::new(InvalidUtf8::Refuse);
-                        let at = base + start;
-                        let checked = match key {
-                            0x5a => validate::event(value, at, &mut walk),
-                            0x6a => validate::link(value, at, &mut walk),
-                            _ => {
-                                info.status_code = read_status_fast(value)?;
-                                validate::status(value, at, &mut walk)
-                            }
-                        };
-                        checked.ok()?;
-                    }
-                    _ => {}
-                }
-                pos = end;
-            }
-            0x39 | 0x41 => {
-                let bytes: [u8; 8] = span.get(pos..pos + 8)?.try_into().ok()?;
-                let t = u64::from_le_bytes(bytes);
-                if key == 0x39 {
-                    info.start_unix_nano = t;
-                } else {
-                    info.end_unix_nano = t;
-                }
-                pos += 8;
-            }
-            0x30 | 0x50 | 0x60 | 0x70 => pos = skip_varint(span, pos)?,
             0x85 if span.get(pos) == Some(&0x01) => {
                 pos += 5;
                 if pos > n {
