@@ -37,7 +37,7 @@ impl TraceBuffer {
             let mut state = self.lock(shard);
             let ids: Vec<TraceId> = state
                 .traces
-                .keys()
+                .ids()
                 .filter(|id| hand_off(id))
                 .copied()
                 .collect();

@@ -6,7 +6,6 @@
 //! Spans of a trace already decided follow the remembered decision instead.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use tokio::time::Instant;
@@ -15,7 +14,7 @@ use super::cache::Remembered;
 use super::counts::Added;
 use super::decide::mark_dry_run;
 use super::handoff::Carried;
-use super::shard::{shard_of, ShardState, TraceEntry};
+use super::shard::{shard_of, ShardState, TraceChunks, TraceEntry, TraceSlot};
 use super::store::{BlockBuilder, Stored};
 use super::{BufferSettings, IngestOutcome, Overflow, TraceBuffer, TRACE_OVERHEAD};
 use crate::otlp::group::for_each_trace_run;
@@ -170,8 +169,8 @@ impl TraceBuffer {
             let chunks = stored.by_ref().take(group.chunks);
             let id = group.id;
             let entry = match traces.entry(id) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(vacant) => {
+                TraceSlot::Buffered(entry) => entry,
+                TraceSlot::Vacant(vacant) => {
                     let pending = if deciding_empty {
                         None
                     } else {
@@ -216,7 +215,7 @@ impl TraceBuffer {
                             vacant.insert(TraceEntry {
                                 deadline,
                                 first_seen: now,
-                                chunks: Vec::new(),
+                                chunks: TraceChunks::new(),
                                 spans: 0,
                                 bytes: 0,
                                 memory: TRACE_OVERHEAD,

@@ -7,6 +7,13 @@
 //! over by another sampler keep the deadline they had there, in any order, so they go in a heap.
 //! A queue entry is checked against the map only when it reaches the front: an entry whose trace
 //! is gone (or was given a new deadline) is stale and skipped then.
+//!
+//! The traces themselves are held in arrival order ([`TraceTable`]): a small hash index from
+//! trace ID to a sequence number, and the entries in a ring. A trace is decided about
+//! `decision_wait` after it arrived, when every cache line of a hash map holding whole entries
+//! (tens of MB at production rates) has long been evicted, so each lookup there cost two or
+//! three misses; the index is a fifth of that size, and the ring is written at its back and read
+//! at its front, in the order the hardware prefetcher follows.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
@@ -48,16 +55,122 @@ pub fn shard_of_fingerprint(fingerprint: u64) -> usize {
     (((full >> 64) as u64) ^ (full as u64)) as usize % SHARDS
 }
 
+/// A buffered trace's stored chunks. Most traces arrive in one request (one chunk): held inline
+/// in the map entry, that chunk costs no allocation of its own and no extra cache miss when the
+/// trace is decided.
+pub(super) type TraceChunks = smallvec::SmallVec<[Stored; 1]>;
+
 pub(super) struct TraceEntry {
     pub(super) deadline: Instant,
     /// When its first span arrived here (for `sampling_trace_removal_age`).
     pub(super) first_seen: Instant,
-    pub(super) chunks: Vec<Stored>,
+    pub(super) chunks: TraceChunks,
     pub(super) spans: u32,
     /// Encoded span bytes as received (what `maximum_trace_size_bytes` limits).
     pub(super) bytes: usize,
     /// Memory counted against `max_buffered_bytes`.
     pub(super) memory: usize,
+}
+
+/// A shard's buffered traces: an index from trace ID to sequence number, and the entries in
+/// arrival order. A trace removed out of order (decided early, handed off, given an earlier
+/// deadline) leaves an empty slot until the front reaches it.
+#[derive(Default)]
+pub(super) struct TraceTable {
+    index: HashMap<TraceId, u64, IdBuildHasher>,
+    /// Slot `i` holds sequence number `first + i`.
+    slots: VecDeque<Option<(TraceId, TraceEntry)>>,
+    first: u64,
+}
+
+/// A trace ID not in the table, with the index slot to insert it at.
+pub(super) struct VacantTrace<'a> {
+    index: std::collections::hash_map::VacantEntry<'a, TraceId, u64>,
+    slots: &'a mut VecDeque<Option<(TraceId, TraceEntry)>>,
+    first: u64,
+}
+
+impl<'a> VacantTrace<'a> {
+    /// Adds the trace at the back of the arrival order.
+    pub(super) fn insert(self, entry: TraceEntry) -> &'a mut TraceEntry {
+        let id = *self.index.key();
+        self.index.insert(self.first + self.slots.len() as u64);
+        self.slots.push_back(Some((id, entry)));
+        &mut self
+            .slots
+            .back_mut()
+            .and_then(Option::as_mut)
+            .expect("just pushed")
+            .1
+    }
+}
+
+/// A trace looked up for adding spans: buffered already, or not.
+pub(super) enum TraceSlot<'a> {
+    Buffered(&'a mut TraceEntry),
+    Vacant(VacantTrace<'a>),
+}
+
+impl TraceTable {
+    fn position(&self, seq: u64) -> usize {
+        (seq - self.first) as usize
+    }
+
+    pub(super) fn contains_key(&self, id: &TraceId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    pub(super) fn get(&self, id: &TraceId) -> Option<&TraceEntry> {
+        let seq = *self.index.get(id)?;
+        self.slots[self.position(seq)].as_ref().map(|(_, e)| e)
+    }
+
+    pub(super) fn entry(&mut self, id: TraceId) -> TraceSlot<'_> {
+        match self.index.entry(id) {
+            Entry::Occupied(found) => {
+                let position = (*found.get() - self.first) as usize;
+                let (_, entry) = self.slots[position].as_mut().expect("indexed slot is full");
+                TraceSlot::Buffered(entry)
+            }
+            Entry::Vacant(index) => TraceSlot::Vacant(VacantTrace {
+                index,
+                slots: &mut self.slots,
+                first: self.first,
+            }),
+        }
+    }
+
+    /// Removes a trace, if buffered and `keep` does not hold for its entry.
+    pub(super) fn remove_unless(
+        &mut self,
+        id: &TraceId,
+        keep: impl FnOnce(&TraceEntry) -> bool,
+    ) -> Option<TraceEntry> {
+        let Entry::Occupied(found) = self.index.entry(*id) else {
+            return None;
+        };
+        let position = (*found.get() - self.first) as usize;
+        let (_, entry) = self.slots[position].as_ref().expect("indexed slot is full");
+        if keep(entry) {
+            return None;
+        }
+        found.remove();
+        let (_, entry) = self.slots[position].take().expect("indexed slot is full");
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+        Some(entry)
+    }
+
+    pub(super) fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
+        self.remove_unless(id, |_| false)
+    }
+
+    /// The IDs of the buffered traces, in arrival order.
+    pub(super) fn ids(&self) -> impl Iterator<Item = &TraceId> + '_ {
+        self.slots.iter().flatten().map(|(id, _)| id)
+    }
 }
 
 /// The queues of `(deadline, trace)` entries a shard decides from, each earliest first.
@@ -138,11 +251,7 @@ impl Queues {
 
     /// Pops entries of `which` whose trace is gone or has since been given another deadline, so
     /// its front is live; returns that front's deadline.
-    fn live_front(
-        &mut self,
-        which: Which,
-        traces: &HashMap<TraceId, TraceEntry, IdBuildHasher>,
-    ) -> Option<Instant> {
+    fn live_front(&mut self, which: Which, traces: &TraceTable) -> Option<Instant> {
         while let Some((deadline, id)) = self.front(which) {
             match traces.get(&id) {
                 Some(entry) if entry.deadline == deadline => return Some(deadline),
@@ -154,7 +263,7 @@ impl Queues {
 }
 
 pub(super) struct ShardState {
-    pub(super) traces: HashMap<TraceId, TraceEntry, IdBuildHasher>,
+    pub(super) traces: TraceTable,
     pub(super) queues: Queues,
     pub(super) cache: cache::DecisionCache,
     /// Traces taken out to be decided while the policies run outside the lock, with the spans
@@ -188,10 +297,8 @@ impl ShardState {
                 return None;
             }
             self.queues.pop(which);
-            if let Entry::Occupied(entry) = self.traces.entry(id) {
-                if entry.get().deadline == deadline {
-                    return Some((id, entry.remove()));
-                }
+            if let Some(entry) = self.traces.remove_unless(&id, |e| e.deadline != deadline) {
+                return Some((id, entry));
             }
         }
     }
@@ -207,12 +314,81 @@ impl Shard {
     pub(super) fn new(sampled_cache: usize, not_sampled_cache: usize) -> Self {
         Shard {
             state: Mutex::new(ShardState {
-                traces: HashMap::default(),
+                traces: TraceTable::default(),
                 queues: Queues::default(),
                 cache: cache::DecisionCache::new(sampled_cache, not_sampled_cache),
                 deciding: HashMap::default(),
             }),
             wake: Notify::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(spans: u32) -> TraceEntry {
+        let now = Instant::now();
+        TraceEntry {
+            deadline: now,
+            first_seen: now,
+            chunks: TraceChunks::new(),
+            spans,
+            bytes: 0,
+            memory: 0,
+        }
+    }
+
+    fn add(table: &mut TraceTable, id: u8, spans: u32) {
+        match table.entry([id; 16]) {
+            TraceSlot::Vacant(vacant) => drop(vacant.insert(entry(spans))),
+            TraceSlot::Buffered(_) => panic!("trace {id} was buffered already"),
+        }
+    }
+
+    #[test]
+    fn the_trace_table_finds_each_trace_and_forgets_removed_ones() {
+        let mut table = TraceTable::default();
+        for id in 1..=4 {
+            add(&mut table, id, u32::from(id) * 10);
+        }
+        match table.entry([3; 16]) {
+            TraceSlot::Buffered(e) => e.spans += 1,
+            TraceSlot::Vacant(_) => panic!("trace 3 is buffered"),
+        }
+        assert_eq!(table.get(&[3; 16]).map(|e| e.spans), Some(31));
+        // Out of order: the slot stays until the front reaches it.
+        assert_eq!(table.remove(&[2; 16]).map(|e| e.spans), Some(20));
+        assert_eq!(table.get(&[2; 16]).map(|e| e.spans), None);
+        assert!(!table.contains_key(&[2; 16]));
+        assert_eq!((table.first, table.slots.len()), (0, 4));
+        // The front: it and the empty slot behind it go.
+        assert_eq!(table.remove(&[1; 16]).map(|e| e.spans), Some(10));
+        assert_eq!((table.first, table.slots.len()), (2, 2));
+        assert_eq!(table.get(&[4; 16]).map(|e| e.spans), Some(40));
+        assert_eq!(table.remove(&[1; 16]).map(|e| e.spans), None);
+        // A trace added now goes at the back and is found there.
+        add(&mut table, 5, 50);
+        let ids: Vec<u8> = table.ids().map(|id| id[0]).collect();
+        assert_eq!(ids, [3, 4, 5]);
+        assert_eq!(table.get(&[5; 16]).map(|e| e.spans), Some(50));
+    }
+
+    #[test]
+    fn remove_unless_leaves_a_trace_its_predicate_keeps() {
+        let mut table = TraceTable::default();
+        add(&mut table, 1, 10);
+        assert!(table.remove_unless(&[1; 16], |e| e.spans == 10).is_none());
+        assert!(table.contains_key(&[1; 16]));
+        assert_eq!(
+            table
+                .remove_unless(&[1; 16], |e| e.spans != 10)
+                .map(|e| e.spans),
+            Some(10)
+        );
+        assert!(!table.contains_key(&[1; 16]));
+        assert!(table.slots.is_empty());
+        assert!(table.remove_unless(&[9; 16], |_| false).is_none());
     }
 }
