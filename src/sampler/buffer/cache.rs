@@ -3,13 +3,13 @@
 //!
 //! Each entry is a 64-bit fingerprint of the trace ID (its two halves mixed: trace IDs are random,
 //! so collisions are negligible; the same function on every sampler, so a decision can move to
-//! another sampler by fingerprint), held in a hash map (with when it was decided, for `sampling_late_span_age`) plus an insertion-order ring for FIFO
-//! eviction that also keeps the trace's ring position: about 30 bytes plus hash-table overhead per
-//! decided trace, where the Collector keeps decided traces' decoded spans until `num_traces`
-//! pushes them out.
+//! another sampler by fingerprint), held in one hash map for both kinds with when it was decided
+//! (for `sampling_late_span_age`) and the trace's ring position: 24 bytes plus hash-table
+//! overhead per decided trace, where the Collector keeps decided traces' decoded spans until
+//! `num_traces` pushes them out.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -100,75 +100,6 @@ impl BuildHasher for IdBuildHasher {
     }
 }
 
-/// A bounded set of trace fingerprints with FIFO eviction, each with when it was added.
-#[derive(Debug)]
-pub struct FifoSet {
-    /// Fingerprint → when it was added, in milliseconds since the set's epoch (wrapping: the
-    /// age of a decision older than 49 days is not asked for).
-    members: HashMap<u64, u32, IdBuildHasher>,
-    /// Insertion order, with each trace's ring position (`crc32(trace ID) % 36000`), so that when
-    /// the sampler set changes the decisions whose owner moved can be found without the IDs.
-    order: VecDeque<(u64, u16)>,
-    capacity: usize,
-    epoch: Instant,
-}
-
-impl FifoSet {
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            members: HashMap::default(),
-            order: VecDeque::new(),
-            capacity,
-            epoch: Instant::now(),
-        }
-    }
-
-    fn millis(&self, at: Instant) -> u32 {
-        at.saturating_duration_since(self.epoch).as_millis() as u32
-    }
-
-    pub fn contains(&self, key: u64) -> bool {
-        self.members.contains_key(&key)
-    }
-
-    /// How long ago `key` was added, if it is a member.
-    pub fn age(&self, key: u64, now: Instant) -> Option<Duration> {
-        let added = *self.members.get(&key)?;
-        Some(Duration::from_millis(u64::from(
-            self.millis(now).wrapping_sub(added),
-        )))
-    }
-
-    /// Adds `key` (at ring `position`) unless present; the oldest key goes when full.
-    pub fn insert(&mut self, key: u64, position: u16) {
-        self.insert_at(key, position, Instant::now());
-    }
-
-    /// [`FifoSet::insert`] with the time of the decision given (one clock read per round).
-    pub fn insert_at(&mut self, key: u64, position: u16, now: Instant) {
-        if self.capacity == 0 {
-            return;
-        }
-        let at = self.millis(now);
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.members.entry(key) {
-            slot.insert(at);
-        } else {
-            return;
-        }
-        self.order.push_back((key, position));
-        if self.order.len() > self.capacity {
-            if let Some((old, _)) = self.order.pop_front() {
-                self.members.remove(&old);
-            }
-        }
-    }
-
-    /// Every key with its ring position, oldest first.
-    pub fn entries(&self) -> impl Iterator<Item = (u64, u16)> + '_ {
-        self.order.iter().copied()
-    }
-}
-
 /// What the cache remembers about a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Remembered {
@@ -181,65 +112,117 @@ fn ring_position(id: &TraceId) -> u16 {
     position_of(id) as u16
 }
 
-/// The sampled and not-sampled caches of one buffer shard.
+/// One remembered decision.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Its kind's count of decisions remembered before it: the entry is forgotten once its
+    /// kind's capacity of newer ones has been remembered.
+    seq: u64,
+    /// When it was remembered, in milliseconds since the cache's epoch (wrapping: the age of a
+    /// decision older than 49 days is not asked for).
+    at: u32,
+    /// The trace's ring position (`crc32(trace ID) % 36000`), so that when the sampler set
+    /// changes the decisions whose owner moved can be found without the IDs; `u16::MAX` for a
+    /// decision adopted from another sampler (it moves once).
+    position: u16,
+    sampled: bool,
+}
+
+/// The sampled and not-sampled decisions of one buffer shard, each kind remembered FIFO up to
+/// its own capacity.
+///
+/// One hash map for both kinds, so a new trace costs one lookup (usually a cache miss) instead
+/// of one per kind. Eviction is by count, not by removal: an entry is live while fewer than its
+/// kind's capacity of newer decisions of that kind were remembered, which is exactly what a FIFO
+/// of that capacity would hold. Forgotten entries are swept out in one pass over the map once
+/// they make up a third of it, instead of with a lookup of the oldest key per decision.
 #[derive(Debug)]
 pub struct DecisionCache {
-    sampled: FifoSet,
-    not_sampled: FifoSet,
+    entries: HashMap<u64, Entry, IdBuildHasher>,
+    /// Per kind (sampled, not sampled): how many decisions are remembered at most, and how many
+    /// were remembered so far.
+    capacity: [u64; 2],
+    remembered: [u64; 2],
+    epoch: Instant,
+}
+
+fn kind(sampled: bool) -> usize {
+    usize::from(!sampled)
 }
 
 impl DecisionCache {
     pub fn new(sampled: usize, not_sampled: usize) -> Self {
         Self {
-            sampled: FifoSet::new(sampled),
-            not_sampled: FifoSet::new(not_sampled),
+            entries: HashMap::default(),
+            capacity: [sampled as u64, not_sampled as u64],
+            remembered: [0, 0],
+            epoch: Instant::now(),
         }
+    }
+
+    fn millis(&self, at: Instant) -> u32 {
+        at.saturating_duration_since(self.epoch).as_millis() as u32
+    }
+
+    fn is_live(&self, entry: &Entry) -> bool {
+        let k = kind(entry.sampled);
+        entry.seq + self.capacity[k] >= self.remembered[k]
+    }
+
+    fn live(&self, key: u64) -> Option<&Entry> {
+        self.entries.get(&key).filter(|e| self.is_live(e))
+    }
+
+    /// Remembers `key` unless a live entry has it (the first decision stays).
+    fn insert(&mut self, key: u64, sampled: bool, position: u16, at: Instant) -> bool {
+        let k = kind(sampled);
+        if self.capacity[k] == 0 || self.live(key).is_some() {
+            return false;
+        }
+        let entry = Entry {
+            seq: self.remembered[k],
+            at: self.millis(at),
+            position,
+            sampled,
+        };
+        self.remembered[k] += 1;
+        self.entries.insert(key, entry);
+        let live_at_most = self.capacity[0] + self.capacity[1];
+        if self.entries.len() as u64 > live_at_most + live_at_most / 2 {
+            let (capacity, remembered) = (self.capacity, self.remembered);
+            self.entries.retain(|_, e| {
+                let k = kind(e.sampled);
+                e.seq + capacity[k] >= remembered[k]
+            });
+        }
+        true
     }
 
     #[cfg(test)]
     pub fn get(&self, id: &TraceId) -> Option<Remembered> {
-        let key = fingerprint(id);
-        if self.sampled.contains(key) {
-            Some(Remembered::Sampled)
-        } else if self.not_sampled.contains(key) {
-            Some(Remembered::NotSampled)
-        } else {
-            None
-        }
+        self.live(fingerprint(id))
+            .map(|e| Remembered::from(e.sampled))
     }
 
     /// The remembered decision for a trace and how long ago it was taken (or adopted here).
     pub fn get_with_age(&self, id: &TraceId, now: Instant) -> Option<(Remembered, Duration)> {
-        let key = fingerprint(id);
-        if let Some(age) = self.sampled.age(key, now) {
-            Some((Remembered::Sampled, age))
-        } else {
-            self.not_sampled
-                .age(key, now)
-                .map(|age| (Remembered::NotSampled, age))
-        }
+        let entry = self.live(fingerprint(id))?;
+        let age = Duration::from_millis(u64::from(self.millis(now).wrapping_sub(entry.at)));
+        Some((Remembered::from(entry.sampled), age))
     }
 
-    /// Remembers the decision for a trace that was buffered. A trace is buffered only when the
-    /// cache knows nothing of it (its spans would otherwise have followed the remembered
-    /// decision), so usually neither set holds it and there is nothing to remove from the other
-    /// set (which cost a hash lookup, usually a cache miss, per decision). Its fingerprint may be
-    /// known all the same: a decision adopted from a peer while the trace was being decided, or
-    /// another trace ID with the same fingerprint (crafted IDs can collide: the fingerprint is
-    /// the same function on every sampler, so it is not seeded). Then the first decision stays.
     #[cfg(test)]
     pub fn remember_buffered(&mut self, id: &TraceId, decision: Remembered) {
         self.remember_buffered_at(id, decision, Instant::now());
     }
 
-    /// [`DecisionCache::remember_buffered`] with the time of the decision given.
+    /// Remembers the decision for a trace that was buffered. Its fingerprint may be known
+    /// already: a decision adopted from a peer while the trace was being decided, or another
+    /// trace ID with the same fingerprint (crafted IDs can collide: the fingerprint is the same
+    /// function on every sampler, so it is not seeded). Then the first decision stays.
     pub fn remember_buffered_at(&mut self, id: &TraceId, decision: Remembered, now: Instant) {
-        let key = fingerprint(id);
-        let position = ring_position(id);
-        match decision {
-            Remembered::Sampled => self.sampled.insert_at(key, position, now),
-            Remembered::NotSampled => self.not_sampled.insert_at(key, position, now),
-        }
+        let sampled = decision == Remembered::Sampled;
+        self.insert(fingerprint(id), sampled, ring_position(id), now);
     }
 
     /// Remembers a decision another sampler took (it moved here with the trace's ownership),
@@ -247,38 +230,38 @@ impl DecisionCache {
     /// needed again: a decision moves once, to the owner.
     /// Returns whether the decision was new here.
     pub fn adopt(&mut self, moved: MovedDecision) -> bool {
-        let key = moved.fingerprint;
-        if self.sampled.contains(key) || self.not_sampled.contains(key) {
-            return false;
-        }
-        if moved.sampled {
-            self.sampled.insert(key, u16::MAX);
-        } else {
-            self.not_sampled.insert(key, u16::MAX);
-        }
-        true
+        self.insert(moved.fingerprint, moved.sampled, u16::MAX, Instant::now())
     }
 
     /// The decisions, with their traces' ring positions, of traces whose position `is_foreign`
-    /// says another sampler owns now.
+    /// says another sampler owns now: kept ones first, each kind oldest first.
     pub fn foreign(&self, is_foreign: impl Fn(u32) -> bool) -> Vec<(u32, MovedDecision)> {
-        let pick = |set: &FifoSet, sampled: bool| {
-            set.entries()
-                .filter(|&(_, position)| position != u16::MAX && is_foreign(u32::from(position)))
-                .map(move |(fingerprint, position)| {
-                    (
-                        u32::from(position),
-                        MovedDecision {
-                            fingerprint,
-                            sampled,
-                        },
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut moved = pick(&self.sampled, true);
-        moved.extend(pick(&self.not_sampled, false));
-        moved
+        let mut moved: Vec<(usize, u64, u32, MovedDecision)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.position != u16::MAX && is_foreign(u32::from(e.position)) && self.is_live(e)
+            })
+            .map(|(&fingerprint, e)| {
+                let decision = MovedDecision {
+                    fingerprint,
+                    sampled: e.sampled,
+                };
+                (kind(e.sampled), e.seq, u32::from(e.position), decision)
+            })
+            .collect();
+        moved.sort_unstable_by_key(|&(k, seq, _, _)| (k, seq));
+        moved.into_iter().map(|(_, _, p, d)| (p, d)).collect()
+    }
+}
+
+impl From<bool> for Remembered {
+    fn from(sampled: bool) -> Self {
+        if sampled {
+            Remembered::Sampled
+        } else {
+            Remembered::NotSampled
+        }
     }
 }
 
@@ -309,5 +292,88 @@ mod tests {
         cache.remember_buffered(&[2; 16], Remembered::NotSampled);
         assert_eq!(cache.get(&[1; 16]), None);
         assert_eq!(cache.get(&[2; 16]), None);
+    }
+
+    fn id(n: u32) -> TraceId {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&n.to_le_bytes());
+        id[12..].copy_from_slice(&n.wrapping_mul(2_654_435_761).to_le_bytes());
+        id
+    }
+
+    #[test]
+    fn each_kind_remembers_exactly_its_last_decisions_however_many_came_before() {
+        let mut cache = DecisionCache::new(10, 3);
+        for n in 0..1000 {
+            cache.remember_buffered(&id(n), Remembered::Sampled);
+            if n % 100 == 0 {
+                cache.remember_buffered(&id(1_000_000 + n), Remembered::NotSampled);
+            }
+        }
+        let kept: Vec<u32> = (0..1000).filter(|&n| cache.get(&id(n)).is_some()).collect();
+        assert_eq!(kept, (990..1000).collect::<Vec<_>>());
+        let not_kept: Vec<u32> = (0..1000)
+            .filter(|&n| cache.get(&id(1_000_000 + n)).is_some())
+            .collect();
+        assert_eq!(not_kept, [700, 800, 900]);
+        assert_eq!(
+            cache.get(&id(1_000_900)),
+            Some(Remembered::NotSampled),
+            "each kind answers its own decision"
+        );
+        // Forgotten decisions are swept out as they pile up, not kept forever.
+        assert!(
+            cache.entries.len() <= 13 + 13 / 2 + 1,
+            "{} entries held for 13 live ones",
+            cache.entries.len()
+        );
+    }
+
+    #[test]
+    fn the_first_decision_for_a_fingerprint_stays() {
+        let mut cache = DecisionCache::new(4, 4);
+        cache.remember_buffered(&id(1), Remembered::NotSampled);
+        cache.remember_buffered(&id(1), Remembered::Sampled);
+        assert_eq!(cache.get(&id(1)), Some(Remembered::NotSampled));
+        let moved = MovedDecision {
+            fingerprint: fingerprint(&id(1)),
+            sampled: true,
+        };
+        assert!(!cache.adopt(moved), "known here already");
+        let moved = MovedDecision {
+            fingerprint: fingerprint(&id(2)),
+            sampled: true,
+        };
+        assert!(cache.adopt(moved));
+        assert_eq!(cache.get(&id(2)), Some(Remembered::Sampled));
+    }
+
+    #[test]
+    fn foreign_decisions_are_the_live_ones_kept_first_oldest_first_never_adopted_ones() {
+        let mut cache = DecisionCache::new(2, 2);
+        for n in 1..=3 {
+            cache.remember_buffered(&id(n), Remembered::Sampled);
+            cache.remember_buffered(&id(10 + n), Remembered::NotSampled);
+        }
+        cache.adopt(MovedDecision {
+            fingerprint: 77,
+            sampled: true,
+        });
+        let moved: Vec<(u64, bool)> = cache
+            .foreign(|_| true)
+            .into_iter()
+            .map(|(_, d)| (d.fingerprint, d.sampled))
+            .collect();
+        // Capacity 2 per kind: the adopted decision pushed the oldest kept one (3) out, and
+        // is itself never moved again.
+        let f = |n| fingerprint(&id(n));
+        assert_eq!(moved, [(f(3), true), (f(12), false), (f(13), false)]);
+        let positions: Vec<u32> = cache
+            .foreign(|_| true)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(positions[0], u32::from(ring_position(&id(3))));
+        assert!(cache.foreign(|_| false).is_empty());
     }
 }
