@@ -219,6 +219,61 @@ mod tests {
         assert_eq!(wire_type_of(&Value::Fixed32(7)), 5);
     }
 
+    /// A varint read from the start of `bytes`, and how many bytes it took.
+    fn read_varint(bytes: &[u8]) -> (Result<u64, WireError>, usize) {
+        let mut reader = FieldReader::new(bytes);
+        let value = reader.varint();
+        (value, reader.pos)
+    }
+
+    #[test]
+    fn varints_decode_as_the_protobuf_encoding_guide_defines() {
+        // Base-128 groups, least significant first, the high bit saying another byte follows.
+        // 150 is the guide's own example; 128 starts with exactly 0x80.
+        assert_eq!(read_varint(&[0x96, 0x01]), (Ok(150), 2));
+        assert_eq!(read_varint(&[0x80, 0x01]), (Ok(128), 2));
+        assert_eq!(read_varint(&[0x7f, 0x01]), (Ok(127), 1));
+        // u64::MAX (and int64 -1): nine 0xff bytes, then a 10th holding only bit 63.
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(read_varint(&max), (Ok(u64::MAX), 10));
+        // A 10th byte above 1 overflows 64 bits (Go's protowire: errCodeOverflow).
+        let mut over = max;
+        over[9] = 0x02;
+        assert!(matches!(read_varint(&over).0, Err(WireError::BadVarint(_))));
+    }
+
+    #[test]
+    fn a_key_of_u32_max_is_field_2_pow_29_minus_1_with_wire_type_7() {
+        // 0xffff_ffff = (536_870_911 << 3) | 7: a field number in range and an undefined wire
+        // type; one more is a key above 32 bits.
+        let mut body = Vec::new();
+        put_varint(&mut body, u64::from(u32::MAX));
+        assert_eq!(
+            FieldReader::new(&body).next(),
+            Err(WireError::BadWireType {
+                field: 536_870_911,
+                wire_type: 7,
+                at: 0
+            })
+        );
+        let mut body = Vec::new();
+        put_varint(&mut body, u64::from(u32::MAX) + 1);
+        assert_eq!(FieldReader::new(&body).next(), Err(WireError::BadKey(0)));
+    }
+
+    #[test]
+    fn put_varint_writes_the_guides_bytes() {
+        for (value, want) in [
+            (1u64, &[0x01][..]),
+            (150, &[0x96, 0x01]),
+            (300, &[0xac, 0x02]),
+        ] {
+            let mut out = Vec::new();
+            put_varint(&mut out, value);
+            assert_eq!(out, want, "{value}");
+        }
+    }
+
     #[test]
     fn varint_sizes_match_the_encoder() {
         for v in [0u64, 1, 127, 128, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
