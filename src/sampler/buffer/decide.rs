@@ -90,10 +90,9 @@ impl TraceBuffer {
         let policies = self.policies();
         // The policies' metrics are counted for the round and added once after it.
         let mut tally = PolicyTally::default();
-        if !self.codec.compresses() {
-            for chunk in due.iter().flat_map(|d| &d.entry.chunks) {
-                chunk.prefetch_summaries();
-            }
+        // Summaries are stored raw beside a compressed payload too.
+        for chunk in due.iter().flat_map(|d| &d.entry.chunks) {
+            chunk.prefetch_summaries();
         }
         let judged: Vec<(TraceId, Verdict, u32, Option<Vec<Chunk>>)> = due
             .into_iter()

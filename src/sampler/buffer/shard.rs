@@ -72,9 +72,13 @@ pub(super) struct TraceEntry {
     pub(super) memory: usize,
 }
 
+/// Slots below which [`TraceTable`] never compacts (a small table's empty slots cost nothing).
+const COMPACT_MIN_SLOTS: usize = 1024;
+
 /// A shard's buffered traces: an index from trace ID to sequence number, and the entries in
 /// arrival order. A trace removed out of order (decided early, handed off, given an earlier
-/// deadline) leaves an empty slot until the front reaches it.
+/// deadline) leaves an empty slot until the front reaches it, or until empty slots are a third
+/// of the table and it is compacted.
 #[derive(Default)]
 pub(super) struct TraceTable {
     index: HashMap<TraceId, u64, IdBuildHasher>,
@@ -160,7 +164,25 @@ impl TraceTable {
             self.slots.pop_front();
             self.first += 1;
         }
+        if self.slots.len() > COMPACT_MIN_SLOTS
+            && self.slots.len() > self.index.len() + self.index.len() / 2
+        {
+            self.compact();
+        }
         Some(entry)
+    }
+
+    /// Drops the empty slots behind the front, renumbering the traces after them. Without it a
+    /// trace that stays (its root span never came, while `decision_wait_after_root_received`
+    /// decides the others within a second) would hold a whole `decision_wait` of arrivals'
+    /// empty slots behind it, memory `max_buffered_bytes` does not count. Run when a third of
+    /// the slots are empty, so its cost is a constant per removal.
+    fn compact(&mut self) {
+        let live = std::mem::take(&mut self.slots).into_iter().flatten();
+        for (i, (id, entry)) in live.enumerate() {
+            *self.index.get_mut(&id).expect("a live slot is indexed") = self.first + i as u64;
+            self.slots.push_back(Some((id, entry)));
+        }
     }
 
     pub(super) fn remove(&mut self, id: &TraceId) -> Option<TraceEntry> {
@@ -390,5 +412,49 @@ mod tests {
         assert!(!table.contains_key(&[1; 16]));
         assert!(table.slots.is_empty());
         assert!(table.remove_unless(&[9; 16], |_| false).is_none());
+    }
+
+    #[test]
+    fn empty_slots_behind_a_trace_that_stays_are_compacted_away() {
+        // One trace whose root never comes stays at the front while the 10,000 after it are
+        // decided early (as with decision_wait_after_root_received).
+        let mut table = TraceTable::default();
+        let id = |n: u32| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            id
+        };
+        for n in 0..10_001u32 {
+            match table.entry(id(n)) {
+                TraceSlot::Vacant(vacant) => drop(vacant.insert(entry(n))),
+                TraceSlot::Buffered(_) => panic!("trace {n} was buffered already"),
+            }
+        }
+        for n in 1..10_001u32 {
+            if n % 1000 != 0 {
+                assert_eq!(table.remove(&id(n)).map(|e| e.spans), Some(n));
+            }
+        }
+        let live = 11;
+        assert_eq!(table.index.len(), live);
+        assert!(
+            table.slots.len() <= COMPACT_MIN_SLOTS + 1,
+            "{} slots held for {live} traces",
+            table.slots.len()
+        );
+        // Every trace is still found, in arrival order, after the renumbering.
+        let ids: Vec<u32> = table
+            .ids()
+            .map(|i| u32::from_le_bytes(i[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(
+            ids,
+            [0, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10_000]
+        );
+        for n in (0..=10_000).step_by(1000) {
+            assert_eq!(table.get(&id(n)).map(|e| e.spans), Some(n));
+        }
+        assert_eq!(table.remove(&id(0)).map(|e| e.spans), Some(0));
+        assert_eq!(table.get(&id(1000)).map(|e| e.spans), Some(1000));
     }
 }
