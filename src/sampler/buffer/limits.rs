@@ -5,10 +5,13 @@
 //! `max_buffered_bytes`) waits for decisions to make room, at most [`OVERFLOW_MAX_WAIT`], and is
 //! then refused whole, for the client to retry.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::decide::Due;
 use super::shard::{shard_of, SHARDS};
 use super::{IngestOutcome, Overflow, TraceBuffer};
 use crate::otlp::{Chunk, SpanRef, TraceId};
@@ -110,55 +113,57 @@ impl TraceBuffer {
     }
 
     /// Decides the oldest traces now until the buffer is back within `num_traces` and
-    /// `max_buffered_bytes`. Takes the shard with the oldest front deadline and decides its
-    /// traces while they are older than every other shard's front, so the traces go about in
-    /// global age order with one lock acquisition per run rather than per trace.
+    /// `max_buffered_bytes`, in global age order: every shard is locked (in index order; no
+    /// other path holds more than one shard lock, so this cannot deadlock) and their queues are
+    /// merged by deadline, so taking the few hundred traces a request pushes over the limit
+    /// costs one lock acquisition per shard, not a scan of every shard per trace. The policies
+    /// run after the locks are released, one round per shard.
     pub(super) fn decide_early(&self, kept: &mut Vec<Chunk>, outcome: &mut IngestOutcome) {
-        let mut fronts: Vec<(Instant, usize)> = Vec::with_capacity(SHARDS);
-        while self.over_traces() || self.over_bytes() {
-            fronts.clear();
-            for shard in 0..SHARDS {
-                if let Some(deadline) = self.lock(shard).front_deadline() {
-                    fronts.push((deadline, shard));
+        let settings = self.settings();
+        let over_traces = || self.live_traces() > settings.num_traces;
+        let over_bytes = || {
+            !settings.block_on_overflow
+                && settings.max_buffered_bytes > 0
+                && self.buffered_bytes() > settings.max_buffered_bytes
+        };
+        if !over_traces() && !over_bytes() {
+            return;
+        }
+        let now = Instant::now();
+        let mut due: Vec<Vec<Due>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        {
+            let mut states: Vec<_> = (0..SHARDS).map(|shard| self.lock(shard)).collect();
+            // Each shard's earliest queued deadline: a lower bound of its oldest live trace
+            // (a queue entry may be stale, the trace gone or given a later deadline).
+            let mut fronts: BinaryHeap<Reverse<(Instant, usize)>> = states
+                .iter()
+                .enumerate()
+                .filter_map(|(shard, state)| Some(Reverse((state.earliest_deadline()?, shard))))
+                .collect();
+            while let Some(Reverse((_, shard))) = fronts.pop() {
+                let for_traces = over_traces();
+                if !for_traces && !over_bytes() {
+                    break;
                 }
-            }
-            fronts.sort_unstable();
-            let Some(&(_, shard)) = fronts.first() else {
-                return;
-            };
-            let next_front = fronts.get(1).map(|&(deadline, _)| deadline);
-            let now = Instant::now();
-            let mut due = Vec::new();
-            {
-                let mut state = self.lock(shard);
-                loop {
-                    let for_traces = self.over_traces();
-                    if !for_traces && !self.over_bytes() {
-                        break;
-                    }
-                    let Some(front) = state.front_deadline() else {
-                        break;
-                    };
-                    if !due.is_empty() && next_front.is_some_and(|next| front > next) {
-                        break;
-                    }
-                    let Some((id, entry)) = state.pop_due(front) else {
-                        break;
-                    };
-                    due.push(self.take_for_decision(&mut state, id, entry, now));
+                // Every other shard's live traces are due no earlier than the next front, so a
+                // trace of this shard due by then is the oldest of all.
+                let by = fronts.peek().map(|Reverse((deadline, _))| *deadline);
+                let state = &mut *states[shard];
+                if let Some((id, entry)) = state.pop_due_by(by) {
+                    due[shard].push(self.take_for_decision(state, id, entry, now));
                     if for_traces {
                         outcome.decided_early += 1;
                     } else {
                         outcome.decided_early_for_bytes += 1;
                     }
                 }
+                if let Some(deadline) = state.earliest_deadline() {
+                    fronts.push(Reverse((deadline, shard)));
+                }
             }
-            let decided = due.len();
-            // The policies run with no lock held.
+        }
+        for (shard, due) in due.into_iter().enumerate() {
             kept.extend(self.settle(shard, due));
-            if decided == 0 {
-                return;
-            }
         }
     }
 }

@@ -309,13 +309,25 @@ impl ShardState {
             .min()
     }
 
+    /// The earliest deadline in the shard's queues, unchecked: no later than the earliest live
+    /// deadline (the entry may be stale), and `None` only when the shard holds no trace.
+    pub(super) fn earliest_deadline(&self) -> Option<Instant> {
+        self.queues.earliest().map(|(_, deadline, _)| deadline)
+    }
+
     /// Removes and returns the trace with the earliest deadline if it is due by `now`.
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<(TraceId, TraceEntry)> {
+        self.pop_due_by(Some(now))
+    }
+
+    /// Removes and returns the trace with the earliest deadline if it is due by `by` (any
+    /// deadline with `None`).
+    pub(super) fn pop_due_by(&mut self, by: Option<Instant>) -> Option<(TraceId, TraceEntry)> {
         // A queue front is checked against the map only once it is due: a stale front (a trace
         // removed early, or given an earlier deadline in another queue) is then skipped.
         loop {
             let (which, deadline, id) = self.queues.earliest()?;
-            if deadline > now {
+            if by.is_some_and(|by| deadline > by) {
                 return None;
             }
             self.queues.pop(which);

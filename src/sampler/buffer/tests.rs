@@ -906,6 +906,60 @@ async fn the_oldest_trace_is_decided_early_even_when_it_sits_in_another_shard() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_request_far_over_num_traces_decides_exactly_the_oldest_across_the_shards() {
+    // Forty traces, one a millisecond, spread over the shards; then one request starting ten
+    // more: the ten oldest of all go, whichever shards they sit in, and no other.
+    let (buffer, mut out, _stop) = start(settings(40), always());
+    for t in 1..=40u8 {
+        ingest(&buffer, &[(t, 1, 0)]).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let newcomers: Vec<(u8, u8, i32)> = (41..=50u8).map(|t| (t, 1, 0)).collect();
+    let outcome = ingest(&buffer, &newcomers).await;
+    assert_eq!(outcome.decided_early, 10);
+    let mut decided = span_ids(&out.try_recv().unwrap());
+    decided.sort();
+    assert_eq!(decided, (1..=10u8).map(|t| (t, 1)).collect::<Vec<_>>());
+    assert!(out.try_recv().is_err(), "only the ten oldest are decided");
+    assert_eq!(buffer.live_traces(), 40);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_queue_entry_does_not_let_a_younger_trace_go_early_first() {
+    // x and z share a shard, y sits in another; oldest first: x, y, z. x's root brings its
+    // deadline forward (a second queue entry; the first goes stale once x is decided). Three
+    // newcomers take the buffer two over num_traces: x goes first, by its root deadline, and
+    // leaves its stale entry at the front of its shard's arrival queue, older than anything
+    // live; then y must go, older than z, though z's shard looks older.
+    let shard_of = |t: u8| shard::shard_of(&[t; 16]);
+    let (x, z) = (1..=255u8)
+        .flat_map(|a| (a + 1..=255u8).map(move |b| (a, b)))
+        .find(|&(a, b)| shard_of(a) == shard_of(b))
+        .unwrap();
+    let y = (1..=255u8).find(|&t| shard_of(t) != shard_of(x)).unwrap();
+    let newcomers: Vec<(u8, u8, i32)> = (1..=255u8)
+        .filter(|&t| ![x, y, z].contains(&t))
+        .take(3)
+        .map(|t| (t, 2, 0)) // not roots: due a whole decision_wait from now
+        .collect();
+    let mut s = settings(4);
+    s.wait_after_root = Duration::from_secs(1);
+    let (buffer, mut out, _stop) = start(s, always());
+    for t in [x, y, z] {
+        ingest(&buffer, &[(t, 2, 0)]).await; // children: no root yet
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    ingest(&buffer, &[(x, 1, 0)]).await;
+    let outcome = ingest(&buffer, &newcomers).await;
+    assert_eq!(outcome.decided_early, 2);
+    let mut decided = span_ids(&out.try_recv().unwrap());
+    decided.sort();
+    let mut want = vec![(x, 1), (x, 2), (y, 2)];
+    want.sort();
+    assert_eq!(decided, want);
+}
+
+#[tokio::test(start_paused = true)]
 async fn each_shards_decision_cache_sends_late_spans_the_right_way() {
     // Traces in several shards, half kept and half dropped: each late span finds its own
     // trace's decision in its own shard's cache.
