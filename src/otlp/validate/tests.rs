@@ -516,3 +516,33 @@ fn the_fast_span_check_agrees_with_the_general_walkers() {
     }
     assert!(fast > 0);
 }
+
+/// The fast check reads lengths of one or two varint bytes itself: a `KeyValue` whose value is a
+/// 128-byte string (length `80 01`, and the value's own length `83 01`, as the protobuf encoding
+/// guide writes 128 and 131) passes it, as prost decodes it.
+#[test]
+fn the_fast_check_takes_two_byte_lengths() {
+    let mut kv = vec![0x0a, 0x01, b'k', 0x12, 0x83, 0x01, 0x0a, 0x80, 0x01];
+    kv.extend_from_slice(&[b'x'; 128]);
+    assert_eq!(kv.len(), 3 + 3 + 131);
+    let decoded = KeyValue::decode(&kv[..]).unwrap();
+    assert_eq!(decoded.key, "k");
+    assert_eq!(
+        decoded.value,
+        Some(AnyValue {
+            value: text(&"x".repeat(128))
+        })
+    );
+    assert_eq!(key_value_fast(&kv), Some(()));
+}
+
+/// A length of three varint bytes is left to the general walker, even when reading its first two
+/// bytes as the whole length would make the field fit: `0a 80 80 01` declares a 16,384-byte key
+/// but only 16,383 bytes follow (prost refuses it as truncated).
+#[test]
+fn the_fast_check_leaves_three_byte_lengths_to_the_general_walker() {
+    let mut kv = vec![0x0a, 0x80, 0x80, 0x01];
+    kv.extend_from_slice(&[b'a'; 16_383]);
+    assert!(KeyValue::decode(&kv[..]).is_err());
+    assert_eq!(key_value_fast(&kv), None);
+}
