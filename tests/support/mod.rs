@@ -52,12 +52,35 @@ pub use config::{sampler_config, SamplerConfig, SamplerPorts};
 pub use gateway::{assert_declared, parse_metric, parse_metric_unchecked, Gateway};
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// A loopback TCP port that was free a moment ago: bind `127.0.0.1:0`, read the port, release it.
+/// A loopback TCP port for a test to hand to a child process's config, free when handed out.
 ///
-/// Another process can take the port between this call and its use; on a test machine that is
-/// rare enough to accept, and it is the only way to hand a port to a child process's config.
+/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by
+/// default), where no `bind :0` and no outgoing connection's local port lands: a port from the
+/// ephemeral range, bound and released, was seen taken again before the gateway bound it (a
+/// parallel test's connection got it, and the gateway refused to start). Ports go out in turn
+/// from a per-process counter, starting at an offset from the pid so that test binaries running
+/// at once rarely meet, and each is checked free by binding it. Falls back to `bind :0` when the
+/// ephemeral range leaves too little room below it.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOWEST + 1_000 {
+        let room = ephemeral_low - LOWEST;
+        let start = std::process::id().wrapping_mul(7_919) % room;
+        for _ in 0..room {
+            let turn = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (LOWEST + (start + turn) % room) as u16;
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
