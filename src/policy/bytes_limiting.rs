@@ -94,6 +94,7 @@ mod tests {
     use super::*;
     use crate::policy::testing::*;
     use crate::policy::SpanRecord;
+    use bytes::Bytes;
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, TracesData};
     use prost::Message;
     use std::time::Duration;
@@ -107,13 +108,15 @@ mod tests {
         for s in spans {
             if !last.is_some_and(|o| std::ptr::eq(o, s.origin)) {
                 last = Some(s.origin);
+                let url = |u: &bytes::Bytes| String::from_utf8(u.to_vec()).unwrap();
                 data.resource_spans.push(ResourceSpans {
                     resource: Some(Message::decode(s.origin.resource.clone().unwrap()).unwrap()),
                     scope_spans: vec![ScopeSpans {
                         scope: Some(Message::decode(s.origin.scope.clone().unwrap()).unwrap()),
+                        schema_url: url(&s.origin.scope_schema_url),
                         ..Default::default()
                     }],
-                    ..Default::default()
+                    schema_url: url(&s.origin.resource_schema_url),
                 });
             }
             let rs = data.resource_spans.last_mut().unwrap();
@@ -140,6 +143,41 @@ mod tests {
         let t = trace(spans.clone());
         assert_eq!(trace_size(&t), prost_size(&spans));
         assert!(trace_size(&t) > spans.iter().map(|s| s.bytes.len()).sum::<usize>());
+    }
+
+    #[test]
+    fn schema_urls_count_in_the_trace_size() {
+        let mut with_urls = leak_origin(vec![("service.name", text("checkout"))]).clone();
+        with_urls.resource_schema_url =
+            Bytes::from_static(b"https://opentelemetry.io/schemas/1.26.0");
+        with_urls.scope_schema_url = Bytes::from_static(b"https://opentelemetry.io/schemas/1.24.0");
+        let origin: &'static Origin = Box::leak(Box::new(with_urls));
+        let spans = vec![
+            SpanBuilder::new().name("a").build_in(origin),
+            SpanBuilder::new().name("b").build_in(origin),
+        ];
+        assert_eq!(trace_size(&trace(spans.clone())), prost_size(&spans));
+    }
+
+    #[test]
+    fn negative_rates_and_bursts_are_config_errors_at_their_path() {
+        let mut errors = Vec::new();
+        BytesLimitingConfig {
+            bytes_per_second: -1,
+            burst_capacity: -5,
+        }
+        .validate(
+            "processors.tail_sampling.policies[0].bytes_limiting",
+            &mut errors,
+        );
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "processors.tail_sampling.policies[0].bytes_limiting.bytes_per_second",
+                "processors.tail_sampling.policies[0].bytes_limiting.burst_capacity",
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -29,7 +29,7 @@ impl LatencyConfig {
             errors.push(ConfigError::new(
                 format!("{path}.upper_threshold_ms"),
                 format!(
-                    "upper_threshold_ms ({}) must be greater than threshold_ms ({})",
+                    "upper_threshold_ms ({}) must not be less than threshold_ms ({})",
                     self.upper_threshold_ms, self.threshold_ms
                 ),
             ));
@@ -109,6 +109,31 @@ mod tests {
             decide(2000, 0, &[(1000, 2000), (1500, 2999)]),
             Decision::NotSampled
         );
+    }
+
+    #[test]
+    fn the_earliest_start_counts_whichever_span_comes_first_in_the_trace() {
+        // The Collector takes the minimum start and maximum end over all spans, in any order.
+        assert_eq!(
+            decide(2000, 0, &[(2500, 3500), (1000, 2000)]),
+            Decision::Sampled
+        );
+    }
+
+    #[test]
+    fn an_upper_threshold_below_the_lower_is_an_error_and_an_equal_one_is_not() {
+        let errors = |threshold_ms, upper_threshold_ms| {
+            let mut errors = Vec::new();
+            LatencyConfig {
+                threshold_ms,
+                upper_threshold_ms,
+            }
+            .validate("p", &mut errors);
+            errors.into_iter().map(|e| e.path).collect::<Vec<_>>()
+        };
+        assert_eq!(errors(100, 99), ["p.upper_threshold_ms"]);
+        assert!(errors(100, 100).is_empty());
+        assert!(errors(100, 0).is_empty(), "0 means no upper bound");
     }
 
     #[test]

@@ -122,6 +122,21 @@ mod tests {
     }
 
     #[test]
+    fn equal_bounds_are_a_valid_one_value_range() {
+        let mut errors = Vec::new();
+        NumericAttributeConfig {
+            key: "code".into(),
+            min_value: 5,
+            max_value: 5,
+            invert_match: false,
+        }
+        .validate("p", &mut errors);
+        assert!(errors.is_empty());
+        assert_eq!(decide(5, 5, false, vec![with(int(5))]), Sampled);
+        assert_eq!(decide(5, 5, false, vec![with(int(6))]), NotSampled);
+    }
+
+    #[test]
     fn any_span_of_the_trace_may_match() {
         assert_eq!(
             decide(400, 499, false, vec![with(int(200)), with(int(404))]),

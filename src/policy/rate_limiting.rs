@@ -156,4 +156,15 @@ mod tests {
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["r.spans_per_second", "r.burst_capacity"]);
     }
+
+    #[test]
+    fn zero_rates_are_not_config_errors() {
+        let mut errors = vec![];
+        RateLimitingConfig {
+            spans_per_second: 0,
+            burst_capacity: 0,
+        }
+        .validate("r", &mut errors);
+        assert!(errors.is_empty());
+    }
 }
