@@ -108,7 +108,7 @@ mod tests {
         for s in spans {
             if !last.is_some_and(|o| std::ptr::eq(o, s.origin)) {
                 last = Some(s.origin);
-                let url = |u: &bytes::Bytes| String::from_utf8(u.to_vec()).unwrap();
+                let url = |u: &Bytes| String::from_utf8(u.to_vec()).unwrap();
                 data.resource_spans.push(ResourceSpans {
                     resource: Some(Message::decode(s.origin.resource.clone().unwrap()).unwrap()),
                     scope_spans: vec![ScopeSpans {

@@ -145,26 +145,27 @@ mod tests {
         assert_eq!(p.evaluate(&spans(1)), Ok(NotSampled));
     }
 
-    #[test]
-    fn negative_rates_are_config_errors() {
+    /// The YAML paths `validate` reports for the given rate and burst, under `r`.
+    fn error_paths(spans_per_second: i64, burst_capacity: i64) -> Vec<String> {
         let mut errors = vec![];
         RateLimitingConfig {
-            spans_per_second: -1,
-            burst_capacity: -2,
+            spans_per_second,
+            burst_capacity,
         }
         .validate("r", &mut errors);
-        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["r.spans_per_second", "r.burst_capacity"]);
+        errors.into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn negative_rates_are_config_errors() {
+        assert_eq!(
+            error_paths(-1, -2),
+            ["r.spans_per_second", "r.burst_capacity"]
+        );
     }
 
     #[test]
     fn zero_rates_are_not_config_errors() {
-        let mut errors = vec![];
-        RateLimitingConfig {
-            spans_per_second: 0,
-            burst_capacity: 0,
-        }
-        .validate("r", &mut errors);
-        assert!(errors.is_empty());
+        assert!(error_paths(0, 0).is_empty());
     }
 }

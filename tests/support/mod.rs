@@ -58,8 +58,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 ///
 /// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999 by
 /// default), where no `bind :0` and no outgoing connection's local port lands: a port from the
-/// ephemeral range, bound and released, was seen taken again before the gateway bound it (a
-/// parallel test's connection got it, and the gateway refused to start). Ports go out in turn
+/// ephemeral range, bound and released, was seen taken again before the gateway bound it (by
+/// something else in the parallel tests; the gateway refused to start, "Address already in use"). Ports go out in turn
 /// from a per-process counter, starting at an offset from the pid so that test binaries running
 /// at once rarely meet, and each is checked free by binding it. Falls back to `bind :0` when the
 /// ephemeral range leaves too little room below it.

@@ -130,7 +130,7 @@ impl TraceBuffer {
             start = end;
         }
         self.metrics.new_traces.increment(new_traces as u64);
-        if self.over_traces() || self.over_bytes() {
+        if self.over_traces(&settings) || self.over_bytes(&settings) {
             self.decide_early(&mut kept, &mut outcome);
         }
         self.count_outcome(&outcome);

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::decide::Due;
 use super::shard::{shard_of, SHARDS};
-use super::{IngestOutcome, Overflow, TraceBuffer};
+use super::{BufferSettings, IngestOutcome, Overflow, TraceBuffer};
 use crate::otlp::{Chunk, SpanRef, TraceId};
 
 /// With `block_on_overflow`, how long a request waits for room before it is refused. The
@@ -98,15 +98,16 @@ impl TraceBuffer {
         }
     }
 
-    pub(super) fn over_traces(&self) -> bool {
-        self.live_traces() > self.settings().num_traces
+    /// Over `num_traces`, and so due to decide traces early (`settings`: the ones in force, read
+    /// once by the caller).
+    pub(super) fn over_traces(&self, settings: &BufferSettings) -> bool {
+        self.live_traces() > settings.num_traces
     }
 
     /// Over `max_buffered_bytes`, and so due to decide traces early. Not with
     /// `block_on_overflow`: there, a request accepted just under the limit may take the buffer
     /// past it by its own size, and the requests after it are refused until decisions make room.
-    pub(super) fn over_bytes(&self) -> bool {
-        let settings = self.settings();
+    pub(super) fn over_bytes(&self, settings: &BufferSettings) -> bool {
         !settings.block_on_overflow
             && settings.max_buffered_bytes > 0
             && self.buffered_bytes() > settings.max_buffered_bytes
@@ -120,13 +121,7 @@ impl TraceBuffer {
     /// run after the locks are released, one round per shard.
     pub(super) fn decide_early(&self, kept: &mut Vec<Chunk>, outcome: &mut IngestOutcome) {
         let settings = self.settings();
-        let over_traces = || self.live_traces() > settings.num_traces;
-        let over_bytes = || {
-            !settings.block_on_overflow
-                && settings.max_buffered_bytes > 0
-                && self.buffered_bytes() > settings.max_buffered_bytes
-        };
-        if !over_traces() && !over_bytes() {
+        if !self.over_traces(&settings) && !self.over_bytes(&settings) {
             return;
         }
         let now = Instant::now();
@@ -141,8 +136,8 @@ impl TraceBuffer {
                 .filter_map(|(shard, state)| Some(Reverse((state.earliest_deadline()?, shard))))
                 .collect();
             while let Some(Reverse((_, shard))) = fronts.pop() {
-                let for_traces = over_traces();
-                if !for_traces && !over_bytes() {
+                let for_traces = self.over_traces(&settings);
+                if !for_traces && !self.over_bytes(&settings) {
                     break;
                 }
                 // Every other shard's live traces are due no earlier than the next front, so a
