@@ -349,10 +349,50 @@ mod tests {
             ..Default::default()
         };
         let mut b = Backoff::new(&config, 42);
+        // Bounded, so a backoff that never stops fails here instead of hanging the test.
         let waits: Vec<u64> = std::iter::from_fn(|| b.next_wait(None))
+            .take(100)
             .map(|d| d.as_secs())
             .collect();
         assert_eq!(waits, vec![1, 2, 4, 5, 5]); // a sixth 5 s wait would pass 20 s
+    }
+
+    /// How many server delays have been counted as capped so far (all tests share the series).
+    fn capped_count() -> u64 {
+        use crate::telemetry::catalog::{Storage, EXPORTER_BAD_RESPONSES};
+        EXPORTER_BAD_RESPONSES
+            .series()
+            .iter()
+            .find(|s| s.values.iter().any(|v| &**v == "retry_delay_capped"))
+            .map_or(0, |s| match &s.storage {
+                Storage::Value(v) => v.load(std::sync::atomic::Ordering::Relaxed),
+                Storage::Histogram(_) => panic!("retry_delay_capped is a counter"),
+            })
+    }
+
+    #[test]
+    fn a_server_delay_of_exactly_the_cap_is_taken_and_not_counted_as_capped() {
+        let unlimited = RetryConfig {
+            max_elapsed_time: Duration::ZERO,
+            ..Default::default()
+        };
+        let mut b = Backoff::new(&unlimited, 1);
+        // Other tests cap a handful of delays in parallel; a thousand here cannot hide.
+        let before = capped_count();
+        for _ in 0..1000 {
+            assert_eq!(b.next_wait(Some(MAX_SERVER_DELAY)), Some(MAX_SERVER_DELAY));
+        }
+        let at_the_cap = capped_count() - before;
+        assert!(
+            at_the_cap < 1000,
+            "{at_the_cap} delays of exactly the cap counted as capped"
+        );
+        let before = capped_count();
+        for _ in 0..1000 {
+            let over = MAX_SERVER_DELAY + Duration::from_nanos(1);
+            assert_eq!(b.next_wait(Some(over)), Some(MAX_SERVER_DELAY));
+        }
+        assert!(capped_count() - before >= 1000);
     }
 
     #[test]

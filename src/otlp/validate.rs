@@ -265,6 +265,8 @@ fn any_value_fast(v: &[u8]) -> Option<()> {
 }
 
 /// A list of `KeyValue`s, one per occurrence of an `attributes` field, is checked item by item.
+/// `depth` is the nesting level of the value holding the list (0 for attributes): its values are
+/// one level deeper, as an array's items are.
 #[inline]
 fn key_value(kv: &[u8], base: usize, w: &mut Walk, depth: u32) -> Step {
     let mut fields = FieldReader::at(kv, base);
@@ -291,8 +293,9 @@ fn any_value(v: &[u8], base: usize, w: &mut Walk, depth: u32) -> Step {
             (2 | 3 | 8, Value::Varint(_)) | (4, Value::Fixed64(_)) | (7, Value::Len(_)) => {}
             (5, Value::Len(array)) => list(array, at, |item, at| any_value(item, at, w, depth + 1))
                 .at("array_value", None)?,
-            (6, Value::Len(kvlist)) => list(kvlist, at, |kv, at| key_value(kv, at, w, depth + 1))
-                .at("kvlist_value", None)?,
+            (6, Value::Len(kvlist)) => {
+                list(kvlist, at, |kv, at| key_value(kv, at, w, depth)).at("kvlist_value", None)?
+            }
             (1..=8, v) => return wrong_type(&schema::ANY_VALUE, field, &v, at, None),
             _ => {}
         }

@@ -1,5 +1,5 @@
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, EntityRef, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
@@ -545,4 +545,553 @@ fn the_fast_check_leaves_three_byte_lengths_to_the_general_walker() {
     kv.extend_from_slice(&[b'a'; 16_383]);
     assert!(KeyValue::decode(&kv[..]).is_err());
     assert_eq!(key_value_fast(&kv), None);
+}
+
+/// Every scalar `AnyValue` as prost encodes it, under the key `k`: what the fast check must take.
+fn scalar_key_values() -> Vec<Vec<u8>> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    [
+        V::StringValue("GET".into()),
+        V::StringValue("é".repeat(100)), // 200 bytes: a two-byte length
+        V::BoolValue(true),
+        V::BoolValue(false),
+        V::IntValue(0),
+        V::IntValue(128),      // 80 01: a continuation byte of exactly 0x80
+        V::IntValue(300),      // ac 02, the encoding guide's example
+        V::IntValue(i64::MAX), // nine varint bytes
+        V::DoubleValue(1.5),
+        V::DoubleValue(-0.0),
+        V::BytesValue(vec![0xff, 0x00, 0x80]), // bytes need not be UTF-8
+        V::StringValueStrindex(7),
+    ]
+    .into_iter()
+    .map(|value| {
+        KeyValue {
+            key: "k".into(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    })
+    .collect()
+}
+
+/// Attributes as SDKs write them take the fast path, whatever their scalar type; a negative int
+/// (ten varint bytes) is left to the general walker, which admits it.
+#[test]
+fn the_fast_check_takes_every_scalar_value_as_prost_encodes_it() {
+    for kv in scalar_key_values() {
+        let decoded = KeyValue::decode(&kv[..]).unwrap();
+        assert_eq!(key_value_fast(&kv), Some(()), "{decoded:?}: {kv:02x?}");
+    }
+    let negative = KeyValue {
+        key: "k".into(),
+        value: int(-1).map(|value| AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    assert_eq!(key_value_fast(&negative), None);
+    let mut walk = Walk::new(InvalidUtf8::Refuse);
+    assert_eq!(
+        key_value(&negative, 0, &mut walk, 0).map_err(|e| e.to_string()),
+        Ok(())
+    );
+}
+
+/// Seeded damage to those attributes: whenever the fast check takes one, prost decodes it and
+/// the general walker passes it.
+#[test]
+fn the_fast_check_takes_only_key_values_a_strict_decoder_takes() {
+    let corpus = scalar_key_values();
+    let mut rng = Rng(0x00fa_57c4_ec4b_0001);
+    let (mut taken, mut left) = (0, 0);
+    for i in 0..40_000 {
+        let mut kv = corpus[i % corpus.len()].clone();
+        for _ in 0..1 + rng.below(2) {
+            if kv.is_empty() {
+                break;
+            }
+            let at = rng.below(kv.len());
+            match rng.below(4) {
+                0 => kv[at] ^= 1 << rng.below(8),
+                1 => kv[at] = rng.next() as u8,
+                2 => kv.insert(at, [0x80, 0xff, 0x21, 0x10][rng.below(4)]),
+                _ => kv.truncate(at),
+            }
+        }
+        if key_value_fast(&kv).is_some() {
+            taken += 1;
+            KeyValue::decode(&kv[..])
+                .unwrap_or_else(|e| panic!("the fast check took {kv:02x?}, prost refuses: {e}"));
+            let mut walk = Walk::new(InvalidUtf8::Refuse);
+            assert_eq!(
+                key_value(&kv, 0, &mut walk, 0).map_err(|e| e.to_string()),
+                Ok(()),
+                "{kv:02x?}"
+            );
+        } else {
+            left += 1;
+        }
+    }
+    assert!(taken > 1000 && left > 1000, "{taken} taken, {left} left");
+}
+
+/// `key_strindex` (field 3, int32; profiles use it) is part of `KeyValue`: an attribute carrying
+/// it is admitted, as prost decodes it, and as another wire type it is refused at that field.
+#[test]
+fn an_attribute_with_a_key_strindex_is_admitted() {
+    let mut request = request_with_markers();
+    let attributes = &mut request.resource_spans[0].scope_spans[0].spans[1].attributes;
+    attributes[0].key_strindex = 5;
+    let body = request.encode_to_vec();
+    assert_eq!(
+        ExportTraceServiceRequest::decode(&body[..]).unwrap(),
+        request
+    );
+    sound(&body);
+    // The same field as a 4-byte fixed32 (wire type 5) instead of a varint.
+    let kv = [0x0a, 0x01, b'k', 0x1d, 1, 0, 0, 0];
+    assert!(KeyValue::decode(&kv[..]).is_err());
+    let mut walk = Walk::new(InvalidUtf8::Refuse);
+    let error = key_value(&kv, 0, &mut walk, 0).unwrap_err();
+    assert_eq!(error.reason(), "bad_wire_type");
+    assert_eq!(error.path(), "key_strindex");
+}
+
+/// An `ArrayValue`'s `values` that is not length-delimited is refused at that item, as prost
+/// refuses it.
+#[test]
+fn an_array_item_of_the_wrong_wire_type_is_refused_at_that_item() {
+    // AnyValue { array_value (field 5) = ArrayValue { field 1 as the varint 1 } }.
+    let value = [0x2a, 0x02, 0x08, 0x01];
+    assert!(AnyValue::decode(&value[..]).is_err());
+    let mut walk = Walk::new(InvalidUtf8::Refuse);
+    let error = any_value(&value, 0, &mut walk, 1).unwrap_err();
+    assert_eq!(error.reason(), "bad_wire_type");
+    assert_eq!(error.path(), "array_value.values[0]");
+}
+
+fn nested_kvlist(depth: u32) -> Vec<u8> {
+    let mut value = text("leaf");
+    for _ in 1..depth {
+        value = kvlist(vec![("k", value)]);
+    }
+    let mut request = request_with_markers();
+    request.resource_spans[0].scope_spans[0].spans[0]
+        .attributes
+        .push(kv("deep", value));
+    request.encode_to_vec()
+}
+
+/// A kvlist inside a kvlist is one level deeper, as an array inside an array is: the same limit
+/// holds for both (before, each kvlist level counted twice and maps stopped at 10 levels).
+#[test]
+fn kvlist_values_nest_up_to_the_limit_and_no_deeper() {
+    let at_limit = nested_kvlist(MAX_VALUE_DEPTH);
+    ExportTraceServiceRequest::decode(&at_limit[..]).unwrap();
+    sound(&at_limit);
+    let error = admit(&nested_kvlist(MAX_VALUE_DEPTH + 1), InvalidUtf8::Repair).unwrap_err();
+    assert_eq!(error.reason(), "too_deep");
+    assert!(
+        error.path().starts_with(
+            "resource_spans[0].scope_spans[0].spans[0].attributes[4].value.kvlist_value.values[0].value"
+        ),
+        "{error}"
+    );
+}
+
+/// The general span walker on `bytes`, refusing invalid UTF-8.
+fn walk_span(bytes: &[u8]) -> Result<(), Box<Invalid>> {
+    super::span(bytes, 0, &mut Walk::new(InvalidUtf8::Refuse))
+}
+
+/// `bytes` with the first byte of `marker` made invalid UTF-8.
+fn damaged(mut bytes: Vec<u8>, marker: &[u8]) -> Vec<u8> {
+    let at = find(&bytes, marker);
+    bytes[at] = 0xff;
+    bytes
+}
+
+/// A span with two of everything, each second one carrying a marker that a test may damage.
+fn span_with_second_items() -> Span {
+    let event = |name: &str, attributes| Event {
+        name: name.into(),
+        attributes,
+        ..Default::default()
+    };
+    let link = |trace_state: &str, attributes| Link {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        trace_state: trace_state.into(),
+        attributes,
+        ..Default::default()
+    };
+    let two = |marker: &str| vec![kv("a", text("x")), kv("b", text(marker))];
+    Span {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        trace_state: "vendor=@0@".into(),
+        name: "op".into(),
+        attributes: two("@1@"),
+        events: vec![event("e0", two("@4@")), event("@2@", vec![])],
+        links: vec![link("a=b", two("@5@")), link("@3@", vec![])],
+        ..Default::default()
+    }
+}
+
+/// Invalid UTF-8 in a second attribute, event, link, or in the attributes of an event or a link,
+/// is refused at that item's index; a sound trace state passes.
+#[test]
+fn damage_in_a_later_item_is_refused_at_its_index() {
+    let span = span_with_second_items().encode_to_vec();
+    assert_eq!(walk_span(&span).map_err(|e| e.to_string()), Ok(()));
+    for (marker, path) in [
+        (&b"@0@"[..], "trace_state"),
+        (b"@1@", "attributes[1].value.string_value"),
+        (b"@2@", "events[1].name"),
+        (b"@3@", "links[1].trace_state"),
+        (b"@4@", "events[0].attributes[1].value.string_value"),
+        (b"@5@", "links[0].attributes[1].value.string_value"),
+    ] {
+        let bytes = damaged(span.clone(), marker);
+        assert!(
+            Span::decode(&bytes[..]).is_err(),
+            "{path}: prost refuses it too"
+        );
+        let error = walk_span(&bytes).unwrap_err();
+        assert_eq!(error.reason(), "invalid_utf8", "{path}");
+        assert_eq!(error.path(), path);
+    }
+}
+
+/// A repeated field read with the wrong wire type is named with the index it would have had
+/// (after the items before it); a singular one without an index. prost refuses each.
+#[test]
+fn a_wrong_wire_type_is_refused_at_the_item_it_would_have_been() {
+    let two = vec![kv("a", int(1)), kv("b", int(2))];
+    let span = Span {
+        attributes: two.clone(),
+        events: vec![Event::default(); 2],
+        links: vec![Link::default(); 2],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let event = Event {
+        attributes: two.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let link = Link {
+        attributes: two,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let with = |message: &[u8], field: &[u8]| [message, field].concat();
+    // A walker and whether prost refuses the same bytes as that message.
+    type Kind<'a> = (&'a dyn Fn(&[u8]) -> Step, fn(&[u8]) -> bool);
+    let event_walk = |b: &[u8]| super::event(b, 0, &mut Walk::new(InvalidUtf8::Refuse));
+    let link_walk = |b: &[u8]| super::link(b, 0, &mut Walk::new(InvalidUtf8::Refuse));
+    let (spans, events, links): (Kind, Kind, Kind) = (
+        (&walk_span, |b| Span::decode(b).is_err()),
+        (&event_walk, |b| Event::decode(b).is_err()),
+        (&link_walk, |b| Link::decode(b).is_err()),
+    );
+    let cases = [
+        (spans, with(&span, &[0x48, 1]), "attributes[2]"),
+        (spans, with(&span, &[0x58, 1]), "events[2]"),
+        (spans, with(&span, &[0x68, 1]), "links[2]"),
+        (spans, with(&span, &[0x28, 1]), "name"),
+        (events, with(&event, &[0x18, 1]), "attributes[2]"),
+        (events, with(&event, &[0x10, 1]), "name"),
+        (links, with(&link, &[0x20, 1]), "attributes[2]"),
+        (links, with(&link, &[0x18, 1]), "trace_state"),
+        (
+            links,
+            with(&link, &[0x2d, 1, 0, 0, 0]),
+            "dropped_attributes_count",
+        ),
+    ];
+    for ((walk, prost_refuses), bytes, path) in cases {
+        assert!(prost_refuses(&bytes), "{path}: prost refuses {bytes:02x?}");
+        let error = walk(&bytes).unwrap_err();
+        assert_eq!(error.reason(), "bad_wire_type", "{path}");
+        assert_eq!(error.path(), path);
+    }
+}
+
+/// A link's flags and dropped-attribute count pass; its trace ID must be empty or 16 bytes, as
+/// pdata's typed IDs require (prost itself takes any length).
+#[test]
+fn a_links_ids_flags_and_counts_are_checked_as_pdata_reads_them() {
+    let link = |trace_id: Vec<u8>| Link {
+        trace_id,
+        span_id: vec![2; 8],
+        flags: 0x301,
+        dropped_attributes_count: 2,
+        ..Default::default()
+    };
+    let walk = |l: &Link| super::link(&l.encode_to_vec(), 0, &mut Walk::new(InvalidUtf8::Refuse));
+    for sound in [link(vec![1; 16]), link(vec![])] {
+        Link::decode(&sound.encode_to_vec()[..]).unwrap();
+        assert_eq!(walk(&sound).map_err(|e| e.to_string()), Ok(()));
+    }
+    for len in [5, 8, 17] {
+        let short = link(vec![1; len]);
+        assert_eq!(Link::decode(&short.encode_to_vec()[..]).unwrap(), short);
+        let error = walk(&short).unwrap_err();
+        assert_eq!(error.reason(), "bad_id", "{len}");
+        assert_eq!(error.path(), "trace_id");
+    }
+}
+
+/// The walkers for a resource, an entity reference and a scope, refusing invalid UTF-8.
+fn walk_resource(b: &[u8]) -> Step {
+    super::resource(b, 0, &mut Walk::new(InvalidUtf8::Refuse))
+}
+fn walk_entity_ref(b: &[u8]) -> Step {
+    super::entity_ref(b, 0, &mut Walk::new(InvalidUtf8::Refuse))
+}
+fn walk_scope(b: &[u8]) -> Step {
+    super::scope(b, 0, &mut Walk::new(InvalidUtf8::Refuse))
+}
+
+fn entity(schema_url: &str, kind: &str, ids: [&str; 2], descriptions: [&str; 2]) -> EntityRef {
+    EntityRef {
+        schema_url: schema_url.into(),
+        r#type: kind.into(),
+        id_keys: ids.map(String::from).to_vec(),
+        description_keys: descriptions.map(String::from).to_vec(),
+    }
+}
+
+/// The same for a resource (with entity references) and a scope: every string is checked at
+/// its index, and the counts pass.
+#[test]
+fn resource_and_scope_damage_in_a_later_item_is_refused_at_its_index() {
+    let two = |marker: &str| vec![kv("a", text("x")), kv("b", text(marker))];
+    let resource = Resource {
+        attributes: two("@1@"),
+        dropped_attributes_count: 3,
+        entity_refs: vec![
+            entity("s", "service", ["service.name", "@3@"], ["d", "@4@"]),
+            entity("@5@", "@6@", ["a", "b"], ["c", "d"]),
+        ],
+    }
+    .encode_to_vec();
+    let scope = InstrumentationScope {
+        name: "@7@".into(),
+        version: "@8@".into(),
+        attributes: two("@9@"),
+        dropped_attributes_count: 1,
+    }
+    .encode_to_vec();
+    assert_eq!(walk_resource(&resource).map_err(|e| e.to_string()), Ok(()));
+    assert_eq!(walk_scope(&scope).map_err(|e| e.to_string()), Ok(()));
+    let cases: [(&[u8], fn(&[u8]) -> Step, fn(&[u8]) -> bool, &[u8], &str); 8] = [
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            b"@1@",
+            "attributes[1].value.string_value",
+        ),
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            b"@3@",
+            "entity_refs[0].id_keys[1]",
+        ),
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            b"@4@",
+            "entity_refs[0].description_keys[1]",
+        ),
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            b"@5@",
+            "entity_refs[1].schema_url",
+        ),
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            b"@6@",
+            "entity_refs[1].type",
+        ),
+        (
+            &scope,
+            walk_scope,
+            |b| InstrumentationScope::decode(b).is_err(),
+            b"@7@",
+            "name",
+        ),
+        (
+            &scope,
+            walk_scope,
+            |b| InstrumentationScope::decode(b).is_err(),
+            b"@8@",
+            "version",
+        ),
+        (
+            &scope,
+            walk_scope,
+            |b| InstrumentationScope::decode(b).is_err(),
+            b"@9@",
+            "attributes[1].value.string_value",
+        ),
+    ];
+    for (message, walk, prost_refuses, marker, path) in cases {
+        let bytes = damaged(message.to_vec(), marker);
+        assert!(prost_refuses(&bytes), "{path}: prost refuses it too");
+        let error = walk(&bytes).unwrap_err();
+        assert_eq!(error.reason(), "invalid_utf8", "{path}");
+        assert_eq!(error.path(), path);
+    }
+}
+
+/// Wrong wire types in a resource, an entity reference and a scope, named as for a span.
+#[test]
+fn resource_and_scope_wrong_wire_types_are_refused_at_the_item_they_would_have_been() {
+    let two = vec![kv("a", int(1)), kv("b", int(2))];
+    let resource = Resource {
+        attributes: two.clone(),
+        entity_refs: vec![entity("", "", ["", ""], ["", ""]); 2],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let entity_ref = entity("s", "t", ["a", "b"], ["c", "d"]).encode_to_vec();
+    let scope = InstrumentationScope {
+        attributes: two,
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let cases: [(&[u8], fn(&[u8]) -> Step, fn(&[u8]) -> bool, &[u8], &str); 9] = [
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            &[0x08, 1],
+            "attributes[2]",
+        ),
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            &[0x18, 1],
+            "entity_refs[2]",
+        ),
+        (
+            &resource,
+            walk_resource,
+            |b| Resource::decode(b).is_err(),
+            &[0x12, 0],
+            "dropped_attributes_count",
+        ),
+        (
+            &entity_ref,
+            walk_entity_ref,
+            |b| EntityRef::decode(b).is_err(),
+            &[0x18, 1],
+            "id_keys[2]",
+        ),
+        (
+            &entity_ref,
+            walk_entity_ref,
+            |b| EntityRef::decode(b).is_err(),
+            &[0x20, 1],
+            "description_keys[2]",
+        ),
+        (
+            &entity_ref,
+            walk_entity_ref,
+            |b| EntityRef::decode(b).is_err(),
+            &[0x08, 1],
+            "schema_url",
+        ),
+        (
+            &scope,
+            walk_scope,
+            |b| InstrumentationScope::decode(b).is_err(),
+            &[0x18, 1],
+            "attributes[2]",
+        ),
+        (
+            &scope,
+            walk_scope,
+            |b| InstrumentationScope::decode(b).is_err(),
+            &[0x08, 1],
+            "name",
+        ),
+        (
+            &scope,
+            walk_scope,
+            |b| InstrumentationScope::decode(b).is_err(),
+            &[0x22, 0],
+            "dropped_attributes_count",
+        ),
+    ];
+    for (message, walk, prost_refuses, field, path) in cases {
+        let bytes = [message, field].concat();
+        assert!(prost_refuses(&bytes), "{path}: prost refuses {bytes:02x?}");
+        let error = walk(&bytes).unwrap_err();
+        assert_eq!(error.reason(), "bad_wire_type", "{path}");
+        assert_eq!(error.path(), path);
+    }
+}
+
+/// A repair re-frames only what holds the damage: a sibling string and a sibling message of the
+/// damaged name, both framed with non-minimal (two-byte) lengths, which prost reads as any
+/// decoder must, come out byte for byte as sent.
+#[test]
+fn a_repair_copies_undamaged_siblings_byte_for_byte() {
+    let mut span = Span {
+        trace_id: vec![1; 16],
+        span_id: vec![2; 8],
+        name: "@X@".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    // trace_state (field 3) "k=v", its length 3 written as `83 00`.
+    let trace_state = [0x1a, 0x83, 0x00, b'k', b'=', b'v'];
+    // status (field 15) { message "ok", code 1 }, its length 6 written as `86 00`.
+    let status = [0x7a, 0x86, 0x00, 0x12, 0x02, b'o', b'k', 0x18, 0x01];
+    span.extend_from_slice(&trace_state);
+    span.extend_from_slice(&status);
+    let clean = Span::decode(&span[..]).unwrap();
+    assert_eq!(
+        (clean.trace_state.as_str(), clean.status.unwrap().code),
+        ("k=v", 1)
+    );
+    assert!(!span_has_invalid_utf8(&span));
+
+    let span = damaged(span, b"@X@");
+    assert!(span_has_invalid_utf8(&span));
+    let mut repaired = Vec::new();
+    repair_message(&span, &schema::SPAN, &mut repaired);
+    assert_eq!(Span::decode(&repaired[..]).unwrap().name, "\u{fffd}X@");
+    assert!(!span_has_invalid_utf8(&repaired));
+    let tail = &repaired[repaired.len() - trace_state.len() - status.len()..];
+    assert_eq!(tail, [&trace_state[..], &status[..]].concat());
+}
+
+/// The fuzz targets' oracle for "this span changes in a repair": damage anywhere below the span
+/// counts, none means none.
+#[test]
+fn span_has_invalid_utf8_finds_damage_at_every_depth() {
+    let clean = span(1, true).encode_to_vec();
+    assert!(!span_has_invalid_utf8(&clean));
+    for (marker, what, _, _) in DAMAGE {
+        if matches!(*marker, b"@R@" | b"@S@") {
+            continue; // resource and scope damage is not in the span
+        }
+        assert!(
+            span_has_invalid_utf8(&damaged(clean.clone(), marker)),
+            "{what}"
+        );
+    }
 }
