@@ -549,6 +549,164 @@ mod tests {
         .0
     }
 
+    /// The value of `metric`'s series with exactly these label values; `None` if it has none.
+    fn series_value(metric: &catalog::Metric, values: &[&str]) -> Option<u64> {
+        metric
+            .series()
+            .iter()
+            .find(|s| s.values.iter().map(|v| &**v).eq(values.iter().copied()))
+            .map(|s| match &s.storage {
+                catalog::Storage::Value(v) => v.load(Ordering::Relaxed),
+                catalog::Storage::Histogram(_) => panic!("{} is a counter", metric.name),
+            })
+    }
+
+    /// Each policy's answers land under the Collector's `(policy, sampled, decision)` labels,
+    /// with its executions and CPU time, when the round is flushed and not before; a flushed
+    /// tally starts again from nothing. The policy names are this test's own, so no other test
+    /// shares these series.
+    #[test]
+    fn each_policys_answers_are_counted_under_its_labels_when_the_round_is_flushed() {
+        use Decision::*;
+        let policies = [
+            ("counted-sampled", Sampled, ["true", "sampled"]),
+            ("counted-inverted", InvertSampled, ["true", "sampled"]),
+            ("counted-not-sampled", NotSampled, ["false", "not_sampled"]),
+            (
+                "counted-inverted-not",
+                InvertNotSampled,
+                ["false", "not_sampled"],
+            ),
+            // Last, since evaluation stops at a drop.
+            ("counted-dropped", Dropped, ["false", "dropped"]),
+        ];
+        let set = PolicySet::from_policies(
+            policies
+                .iter()
+                .map(|(name, decision, _)| {
+                    let policy: Box<dyn Policy> =
+                        Box::new(Fixed(Ok(*decision), Arc::new(AtomicUsize::new(0))));
+                    (*name, policy)
+                })
+                .collect(),
+        );
+        let mut tally = PolicyTally::default();
+        // 32 traces of 3 spans; the two whose last ID byte is 0 or 16 are timed.
+        for last in 0..32u8 {
+            let mut trace = testing::trace(vec![testing::span(0, 1, testing::OK); 3]);
+            trace.trace_id[15] = last;
+            set.judge_counted(&trace, &mut tally);
+        }
+        for (name, _, _) in &policies {
+            assert_eq!(series_value(&catalog::POLICY_EXECUTIONS, &[name]), Some(0));
+        }
+        set.flush(&mut tally);
+        set.flush(&mut tally); // the second round counted nothing
+        let all_labels = [
+            ["true", "sampled"],
+            ["false", "not_sampled"],
+            ["false", "dropped"],
+        ];
+        for (name, _, labels) in &policies {
+            assert_eq!(
+                series_value(&catalog::POLICY_EXECUTIONS, &[name]),
+                Some(32),
+                "{name}"
+            );
+            for other in all_labels {
+                let (traces, spans) = (
+                    series_value(&catalog::POLICY_DECISIONS, &[name, other[0], other[1]]),
+                    series_value(&catalog::POLICY_SPAN_DECISIONS, &[name, other[0], other[1]]),
+                );
+                if other == *labels {
+                    assert_eq!((traces, spans), (Some(32), Some(96)), "{name} {other:?}");
+                } else {
+                    assert_eq!((traces, spans), (None, None), "{name} {other:?}");
+                }
+            }
+        }
+    }
+
+    /// `tailgate replay`'s per-policy report: every policy answers, even after a drop or a
+    /// failure, in evaluation order and under its name.
+    #[test]
+    fn answers_give_every_policys_own_answer_in_order() {
+        use Decision::*;
+        let results = [
+            Ok(Sampled),
+            Ok(InvertSampled),
+            Ok(NotSampled),
+            Ok(Dropped),
+            Ok(InvertNotSampled),
+            failing(),
+        ];
+        let (set, counters) = set_of(&results, true);
+        let trace = testing::trace(vec![]);
+        assert_eq!(
+            set.answers(&trace),
+            [
+                ("p0", Some(true)),
+                ("p1", Some(true)),
+                ("p2", Some(false)),
+                ("p3", Some(false)),
+                ("p4", Some(false)),
+                ("p5", None),
+            ]
+        );
+        assert!(counters.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+        assert_eq!((set.len(), set.is_empty()), (6, false));
+        assert_eq!(set.policy_name(3), "p3");
+        let none = PolicySet::from_policies(vec![]);
+        assert_eq!((none.len(), none.is_empty()), (0, true));
+    }
+
+    /// A policy that takes at least 1 ms per trace.
+    struct Slow;
+    impl Policy for Slow {
+        fn evaluate(&self, _: &TraceView<'_>) -> Result<Decision, PolicyError> {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(Decision::NotSampled)
+        }
+    }
+
+    /// One trace in TIMED_EVERY is timed and its time scaled by TIMED_EVERY: 32 traces of a
+    /// policy taking at least 1 ms each report at least 32 ms (two timed, 16 ms each), and a
+    /// multiple of TIMED_EVERY nanoseconds.
+    #[test]
+    fn policy_cpu_time_is_timed_on_one_trace_in_sixteen_and_scaled() {
+        let set = PolicySet::from_policies(vec![("timed-slow", Box::new(Slow))]);
+        let mut tally = PolicyTally::default();
+        for last in 0..32u8 {
+            let mut trace = testing::trace(vec![]);
+            trace.trace_id[15] = last;
+            set.judge_counted(&trace, &mut tally);
+        }
+        set.flush(&mut tally);
+        let cpu = series_value(&catalog::POLICY_CPU_TIME, &["timed-slow"]).unwrap();
+        assert!(cpu >= 32_000_000, "{cpu} ns");
+        assert_eq!(cpu % u64::from(TIMED_EVERY), 0, "{cpu} ns");
+    }
+
+    /// A kept trace is attributed to the first policy that sampled it, else to the first
+    /// inverted match that kept it; a trace not kept to none.
+    #[test]
+    fn a_kept_trace_is_attributed_to_the_first_policy_that_sampled_it() {
+        use Decision::*;
+        let trace = testing::trace(vec![]);
+        let cases: &[(&[Decision], Option<usize>)] = &[
+            (&[NotSampled, Sampled, Sampled], Some(1)),
+            (&[InvertSampled, Sampled], Some(1)),
+            (&[InvertSampled, InvertSampled], Some(0)),
+            (&[NotSampled, InvertSampled, InvertSampled], None),
+            (&[InvertSampled], Some(0)),
+            (&[Sampled, Dropped], None),
+        ];
+        for (decisions, want) in cases {
+            let verdict = set(decisions, false).judge(&trace);
+            assert_eq!(verdict.policy, *want, "{decisions:?}");
+        }
+    }
+
     #[test]
     fn decisions_combine_with_the_collectors_precedence() {
         use Decision::*;

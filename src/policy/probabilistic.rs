@@ -27,7 +27,8 @@ impl ProbabilisticConfig {
             errors.push(ConfigError::new(
                 format!("{path}.sampling_percentage"),
                 format!(
-                    "sampling_percentage must be a number from 0 to 100, got {}",
+                    "sampling_percentage must be a number of at least 0 (100 or more keeps every \
+                     trace), got {}",
                     self.sampling_percentage
                 ),
             ));
@@ -80,54 +81,70 @@ pub fn fnv1a_64(parts: &[&[u8]]) -> u64 {
     hash
 }
 
-/// `uint64(big.Float(MaxUint64) * big.Float(ratio))` with Go's semantics: the product is rounded
-/// to a 64-bit mantissa (nearest, ties to even), then truncated toward zero and clamped.
+/// `uint64(big.Float(MaxUint64) * big.Float(ratio))` as Go computes it: the product rounded to a
+/// 64-bit mantissa (nearest, ties to even), then truncated toward zero and clamped.
+///
+/// For a `ratio` below 1 the rounding never changes the truncated result, so this truncates the
+/// exact product. With `ratio = m * 2^e` (`m` the 53-bit or, below 2^-1022, shorter mantissa of
+/// bit length `k`), the product `(2^64 - 1) * m = 2^64 * m - m` has `k + 64` bits; the `k` bits
+/// below its top 64 are `2^k - m`, which is at most half of `2^k` only when `m` is `2^(k-1)`,
+/// and then the product has `k + 63` bits and nothing below its top 64. So the rounding only ever
+/// rounds down, and since `ratio * (2^64 - 1)` is below 2^64, the 64-bit mantissa reaches at
+/// least the units: rounded down, it is still at or above the truncated product.
 pub fn threshold_for_ratio(ratio: f64) -> u64 {
     if ratio.is_nan() || ratio <= 0.0 {
         return 0;
     }
-    // ratio = mantissa * 2^exponent exactly, with a 53-bit integer mantissa.
-    let bits = ratio.to_bits();
-    let raw_exp = ((bits >> 52) & 0x7ff) as i32;
-    let frac = bits & ((1u64 << 52) - 1);
-    let (mantissa, exponent) = if raw_exp == 0 {
-        (frac, -1074)
-    } else {
-        (frac | (1u64 << 52), raw_exp - 1075)
-    };
-    let mut product = u128::from(mantissa) * u128::from(u64::MAX);
-    let mut exponent = exponent;
-    // Round the product to 64 significant bits.
-    let width = 128 - product.leading_zeros() as i32;
-    if width > 64 {
-        let shift = (width - 64) as u32;
-        let kept = product >> shift;
-        let remainder = product & ((1u128 << shift) - 1);
-        let half = 1u128 << (shift - 1);
-        let mut rounded = kept;
-        if remainder > half || (remainder == half && kept & 1 == 1) {
-            rounded += 1;
-        }
-        product = rounded;
-        exponent += shift as i32;
+    if ratio >= 1.0 {
+        return u64::MAX;
     }
-    // value = product * 2^exponent; truncate toward zero and clamp to u64.
-    let value = if exponent >= 0 {
-        if exponent >= 64 || (product << exponent) >> exponent != product {
-            return u64::MAX;
-        }
-        product << exponent
-    } else if exponent <= -128 {
-        0
+    // ratio = mantissa * 2^-shift exactly, with shift >= 53 because ratio < 1.
+    let bits = ratio.to_bits();
+    let raw_exp = ((bits >> 52) & 0x7ff) as u32;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (mantissa, shift) = if raw_exp == 0 {
+        (frac, 1074)
     } else {
-        product >> (-exponent) as u32
+        (frac | (1u64 << 52), 1075 - raw_exp)
     };
-    u64::try_from(value).unwrap_or(u64::MAX)
+    let product = u128::from(mantissa) * u128::from(u64::MAX);
+    // Below 2^-64 the product is under 1 (every subnormal is).
+    product.checked_shr(shift).map_or(0, |value| value as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_negative_or_non_finite_percentage_is_a_config_error_at_its_path() {
+        let errors_for = |percentage: f64| {
+            let mut errors = Vec::new();
+            ProbabilisticConfig {
+                hash_salt: String::new(),
+                sampling_percentage: percentage,
+            }
+            .validate(
+                "processors.tail_sampling.policies[2].probabilistic",
+                &mut errors,
+            );
+            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        };
+        for bad in [-0.5, f64::NAN, f64::INFINITY] {
+            let errors = errors_for(bad);
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert!(
+                errors[0].starts_with(
+                    "processors.tail_sampling.policies[2].probabilistic.sampling_percentage: "
+                ),
+                "{errors:?}"
+            );
+        }
+        // As in the Collector, over 100 keeps everything rather than failing.
+        for good in [0.0, 0.01, 100.0, 150.0] {
+            assert_eq!(errors_for(good), Vec::<String>::new(), "{good}");
+        }
+    }
 
     #[test]
     fn fnv1a_matches_the_published_test_vectors() {
@@ -150,6 +167,17 @@ mod tests {
         // 0.1 is not exact in binary; the result must sit within one ulp of the real product.
         let t = threshold_for_ratio(0.1) as f64;
         assert!((t / u64::MAX as f64 - 0.1).abs() < 1e-15);
+        // 2^-k: (2^64 - 1) / 2^k truncates to 2^(64-k) - 1, down to 0 at 2^-64 and below.
+        for k in 1..=64 {
+            let ratio = 2f64.powi(-k);
+            assert_eq!(threshold_for_ratio(ratio), (1u64 << (64 - k)) - 1, "2^-{k}");
+        }
+        for tiny in [2f64.powi(-65), f64::MIN_POSITIVE, 5e-324] {
+            assert_eq!(threshold_for_ratio(tiny), 0, "{tiny:e}");
+        }
+        assert_eq!(threshold_for_ratio(f64::NAN), 0);
+        assert_eq!(threshold_for_ratio(f64::INFINITY), u64::MAX);
+        assert_eq!(threshold_for_ratio(-0.5), 0);
     }
 
     #[test]
@@ -247,13 +275,20 @@ mod tests {
 
     #[test]
     fn thresholds_equal_exact_rational_arithmetic() {
-        // floor(round64((2^64 - 1) * ratio)), computed with Python's fractions.Fraction.
+        // floor(round64((2^64 - 1) * ratio)), computed with Python's fractions.Fraction (and
+        // equal to floor((2^64 - 1) * ratio) for 200,000 random ratios below 1).
         for (ratio, want) in [
             (0.2, 3_689_348_814_741_910_527u64),
             (0.33, 6_087_425_544_324_152_319),
             (0.05, 922_337_203_685_477_631),
             (0.1, 1_844_674_407_370_955_263),
             (0.001, 18_446_744_073_709_551),
+            // Above one half the product is at least 2^63 and Go's rounding is at the units.
+            (0.75, 13_835_058_055_282_163_711),
+            (0.9, 16_602_069_666_338_596_863),
+            (0.99, 18_262_276_632_972_455_935),
+            (0.999, 18_428_297_329_635_842_047),
+            (0.5000000000000001, 9_223_372_036_854_777_855),
             (1.5, u64::MAX),
         ] {
             assert_eq!(threshold_for_ratio(ratio), want, "ratio {ratio}");

@@ -116,6 +116,16 @@ mod tests {
             (r"x\b", "xé", true),
             (r"\bfoo\b", "a foo b", true),
             (r"^\S+$", "a\u{a0}b", true),
+            // The same inside classes, and the negations, on characters Unicode classes differ on.
+            (r"^[\d.]+$", "١٢٣", false),
+            (r"^\D$", "١", true),
+            (r"^[\w]+$", "é", false),
+            (r"^\W$", "é", true),
+            (r"^[\s]$", "\u{a0}", false),
+            (r"^\S$", "\u{a0}", true),
+            (r"^[\D]$", "١", true),
+            (r"^[\W]$", "é", true),
+            (r"^[\S]$", "\u{a0}", true),
         ];
         for (pattern, text, want) in cases {
             assert_eq!(
@@ -135,6 +145,15 @@ mod tests {
             ("^[a&&b]+$", "&", true),
             ("^[a~~b]+$", "~", true),
             ("^[[:digit:]]+$", "42", true),
+            // After a POSIX class the bracket class goes on: `&&` there is still literal.
+            ("^[[:digit:]&&a]+$", "1&a", true),
+            // A class ends at its `]`: what follows is outside it again.
+            (r"^[a]\d$", "a5", true),
+            ("^[a][b]$", "ab", true),
+            ("^[a]&$", "a&", true),
+            // `--` in a class is two literal dashes in Go (set difference in `regex`).
+            ("^[a-z--]+$", "a-b", true),
+            ("^[a-z--]+$", "a+b", false),
         ];
         for (pattern, text, want) in cases {
             let re = compile(pattern).unwrap_or_else(|e| panic!("{pattern}: {e}"));
