@@ -844,6 +844,16 @@ fn a_links_ids_flags_and_counts_are_checked_as_pdata_reads_them() {
     }
 }
 
+/// An encoded message, its walker, whether prost refuses bytes as that message, the marker to
+/// damage or the field to append, and the path the error must name.
+type MessageCase<'a> = (
+    &'a [u8],
+    fn(&[u8]) -> Step,
+    fn(&[u8]) -> bool,
+    &'a [u8],
+    &'a str,
+);
+
 /// The walkers for a resource, an entity reference and a scope, refusing invalid UTF-8.
 fn walk_resource(b: &[u8]) -> Step {
     super::resource(b, 0, &mut Walk::new(InvalidUtf8::Refuse))
@@ -887,7 +897,7 @@ fn resource_and_scope_damage_in_a_later_item_is_refused_at_its_index() {
     .encode_to_vec();
     assert_eq!(walk_resource(&resource).map_err(|e| e.to_string()), Ok(()));
     assert_eq!(walk_scope(&scope).map_err(|e| e.to_string()), Ok(()));
-    let cases: [(&[u8], fn(&[u8]) -> Step, fn(&[u8]) -> bool, &[u8], &str); 8] = [
+    let cases: [MessageCase; 8] = [
         (
             &resource,
             walk_resource,
@@ -970,7 +980,7 @@ fn resource_and_scope_wrong_wire_types_are_refused_at_the_item_they_would_have_b
         ..Default::default()
     }
     .encode_to_vec();
-    let cases: [(&[u8], fn(&[u8]) -> Step, fn(&[u8]) -> bool, &[u8], &str); 9] = [
+    let cases: [MessageCase; 9] = [
         (
             &resource,
             walk_resource,

@@ -335,6 +335,20 @@ mod tests {
             (V::Bytes(b"\x01"), Lt, V::Bytes(b"\x02"), true),
             (V::Map, Eq, V::Map, false),
             (V::Slice, Ne, V::Nil, true),
+            // Each operator on equal and on ordered values.
+            (V::Int(5), Lt, V::Int(5), false),
+            (V::Int(5), Le, V::Int(5), true),
+            (V::Int(4), Le, V::Int(5), true),
+            (V::Int(6), Le, V::Int(5), false),
+            (V::Int(5), Gt, V::Int(5), false),
+            (V::Int(5), Ge, V::Int(5), true),
+            (V::Int(4), Ge, V::Int(5), false),
+            (V::Int(5), Ne, V::Int(5), false),
+            (V::Float(0.5), Eq, V::Float(0.5), true),
+            (V::Float(0.5), Lt, V::Float(0.75), true),
+            (s("a"), Eq, s("a"), true),
+            (V::Bytes(b"\x01"), Eq, V::Bytes(b"\x01"), true),
+            (V::Bool(true), Eq, V::Bool(true), true),
         ];
         for (l, op, r, want) in cases {
             assert_eq!(compare(&l, op, &r), want, "{l:?} {op:?} {r:?}");
@@ -354,10 +368,60 @@ mod tests {
     }
 
     #[test]
+    fn arithmetic_on_every_pair_of_number_types() {
+        use MathOp::*;
+        let cases = [
+            (V::Int(7), Add, V::Int(2), V::Int(9)),
+            (V::Int(7), Sub, V::Int(2), V::Int(5)),
+            (V::Int(7), Mul, V::Int(2), V::Int(14)),
+            // Go's integer division truncates toward zero and MinInt64 / -1 wraps.
+            (V::Int(-7), Div, V::Int(2), V::Int(-3)),
+            (V::Int(i64::MIN), Div, V::Int(-1), V::Int(i64::MIN)),
+            (V::Int(i64::MIN), Sub, V::Int(1), V::Int(i64::MAX)),
+            (V::Int(i64::MAX), Mul, V::Int(2), V::Int(-2)),
+            (V::Float(1.5), Add, V::Float(0.25), V::Float(1.75)),
+            (V::Float(1.5), Sub, V::Float(0.25), V::Float(1.25)),
+            (V::Float(1.5), Mul, V::Float(0.25), V::Float(0.375)),
+            (V::Float(1.5), Div, V::Float(0.25), V::Float(6.0)),
+            (V::Float(1.5), Add, V::Int(2), V::Float(3.5)),
+            (V::Float(1.5), Sub, V::Int(2), V::Float(-0.5)),
+            (V::Int(3), Mul, V::Float(0.5), V::Float(1.5)),
+            (V::Float(3.0), Div, V::Int(2), V::Float(1.5)),
+        ];
+        for (l, op, r, want) in cases {
+            let text = format!("{l:?} {op:?} {r:?}");
+            assert_eq!(math(l, op, r), Ok(want), "{text}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_types_as_ottl_does() {
+        let cases = [
+            (V::Nil, "nil"),
+            (V::Bool(true), "bool"),
+            (V::Int(1), "int"),
+            (V::Float(1.0), "double"),
+            (s("x"), "string"),
+            (V::Bytes(b"x"), "bytes"),
+            (V::Map, "map"),
+            (V::Slice, "slice"),
+        ];
+        for (value, name) in cases {
+            assert_eq!(
+                math(value, MathOp::Add, V::Map),
+                Err(format!("arithmetic on {name} and map is not defined"))
+            );
+        }
+    }
+
+    #[test]
     fn floats_format_like_go_for_is_match() {
         assert_eq!(go_format_float(1.0), "1");
         assert_eq!(go_format_float(0.1), "0.1");
         assert_eq!(go_format_float(1e21), "1000000000000000000000");
         assert_eq!(go_format_float(f64::INFINITY), "+Inf");
+        assert_eq!(go_format_float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(go_format_float(f64::NAN), "NaN");
+        assert_eq!(go_format_float(-2.5), "-2.5");
     }
 }

@@ -266,6 +266,32 @@ mod tests {
         }
     }
 
+    /// pdata's `SpanKind.String()` names and the proto enum names OTTL's
+    /// `kind.deprecated_string` gives, for every kind; an unknown kind has neither.
+    #[test]
+    fn every_span_kind_has_its_pdata_and_proto_names() {
+        let names = [
+            (0, "Unspecified", "SPAN_KIND_UNSPECIFIED"),
+            (1, "Internal", "SPAN_KIND_INTERNAL"),
+            (2, "Server", "SPAN_KIND_SERVER"),
+            (3, "Client", "SPAN_KIND_CLIENT"),
+            (4, "Producer", "SPAN_KIND_PRODUCER"),
+            (5, "Consumer", "SPAN_KIND_CONSUMER"),
+            (9, "", ""),
+        ];
+        for (kind, string, deprecated) in names {
+            let span = || SpanBuilder::new().kind(kind).build();
+            let string = format!("kind.string == \"{string}\"");
+            let deprecated = format!("kind.deprecated_string == \"{deprecated}\"");
+            assert_eq!(decide(&[&string], vec![span()]), Ok(Sampled), "{string}");
+            assert_eq!(
+                decide(&[&deprecated], vec![span()]),
+                Ok(Sampled),
+                "{deprecated}"
+            );
+        }
+    }
+
     #[test]
     fn conditions_in_a_list_are_alternatives_and_any_span_may_match() {
         let plain = SpanBuilder::new().name("GET /").build();

@@ -127,7 +127,7 @@ pub fn parse(text: &str, context: Context) -> Result<Cond, String> {
     match p.peek() {
         Tok::End => Ok(cond),
         t => Err(format!(
-            "unexpected {} after the end of the condition",
+            "found {} after the end of the condition",
             t.describe()
         )),
     }
@@ -791,6 +791,78 @@ mod tests {
             let e = err(text, context);
             assert!(e.contains(want), "{text}: {e}");
         }
+    }
+
+    /// A parse error names the token it stopped at, whatever kind of token it is.
+    #[test]
+    fn errors_name_the_token_found() {
+        let cases = [
+            (
+                r#"name == "x" foo"#,
+                "found `foo` after the end of the condition",
+            ),
+            (
+                r#"name == "x" "y""#,
+                "found string \"y\" after the end of the condition",
+            ),
+            (
+                r#"name == "x" 7"#,
+                "found `7` after the end of the condition",
+            ),
+            (
+                r#"name == "x" 2.5"#,
+                "found `2.5` after the end of the condition",
+            ),
+            (
+                r#"name == "x" 0xab"#,
+                "found a bytes literal after the end of the condition",
+            ),
+            (
+                r#"name == "x" )"#,
+                "found `)` after the end of the condition",
+            ),
+            (
+                r#"(name == "x""#,
+                "expected `)`, found the end of the condition",
+            ),
+            (
+                "name ==",
+                "expected a value, found the end of the condition",
+            ),
+            (
+                "name == -x",
+                "a sign must be followed by a number, found `x`",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(err(text, Context::Span), want, "{text}");
+        }
+    }
+
+    /// Bytes literals are an even, non-empty run of hex digits (OTTL decodes them with Go's
+    /// `hex.DecodeString`); a float may start with its point, as in OTTL's grammar.
+    #[test]
+    fn bytes_and_number_literals_follow_ottls_lexer() {
+        assert_eq!(
+            err(r#"attributes["x"] == 0x"#, Context::Span),
+            "invalid bytes literal `0x`"
+        );
+        assert_eq!(
+            err(r#"attributes["x"] == 0xabc"#, Context::Span),
+            "invalid bytes literal `0xabc`"
+        );
+        let Cond::Compare(_, _, Expr::Lit(Lit::Bytes(b))) =
+            ok(r#"attributes["x"] == 0XcAfE"#, Context::Span)
+        else {
+            panic!()
+        };
+        assert_eq!(b, [0xca, 0xfe]);
+        let Cond::Compare(_, CmpOp::Lt, Expr::Lit(Lit::Float(f))) =
+            ok(r#"attributes["x"] < .5"#, Context::Span)
+        else {
+            panic!()
+        };
+        assert_eq!(f, 0.5);
     }
 
     #[test]
