@@ -865,6 +865,69 @@ mod tests {
         assert_eq!(f, 0.5);
     }
 
+    /// The literal a condition compares with, and the operator.
+    fn literal(text: &str) -> (CmpOp, Lit) {
+        match ok(text, Context::Span) {
+            Cond::Compare(_, op, Expr::Lit(lit)) => (op, lit),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    /// Signs, exponents and every comparison operator, as OTTL's grammar has them: a float has
+    /// digits after its point (`5.` is not a number) and an exponent only after a point (`5e3`
+    /// is the int 5 followed by the name `e3`).
+    #[test]
+    fn signed_numbers_exponents_and_operators_parse_as_in_ottl() {
+        let x = |rest: &str| format!("attributes[\"x\"] {rest}");
+        for (text, want) in [
+            (x("== -5"), (CmpOp::Eq, Lit::Int(-5))),
+            (x("!= +5"), (CmpOp::Ne, Lit::Int(5))),
+            (x("< -1.5e3"), (CmpOp::Lt, Lit::Float(-1500.0))),
+            (x("<= +2.5"), (CmpOp::Le, Lit::Float(2.5))),
+            (x("> 2.5e-3"), (CmpOp::Gt, Lit::Float(0.0025))),
+            (x(">= 1.5E+2"), (CmpOp::Ge, Lit::Float(150.0))),
+        ] {
+            assert_eq!(literal(&text), want, "{text}");
+        }
+        assert_eq!(
+            err(&x("== 5."), Context::Span),
+            "found `.` after the end of the condition"
+        );
+        assert_eq!(
+            err(&x("== 5e3"), Context::Span),
+            "found `e3` after the end of the condition"
+        );
+        for keyword in ["and", "or", "not"] {
+            assert_eq!(
+                err(&x(&format!("== {keyword}")), Context::Span),
+                format!("expected a value, found `{keyword}`")
+            );
+        }
+    }
+
+    /// The enum names OTTL defines stand for the proto's values: `SpanKind` 0-5 and
+    /// `Status.StatusCode` 0-2.
+    #[test]
+    fn every_enum_name_is_its_proto_value() {
+        for (name, value) in [
+            ("SPAN_KIND_UNSPECIFIED", 0),
+            ("SPAN_KIND_INTERNAL", 1),
+            ("SPAN_KIND_SERVER", 2),
+            ("SPAN_KIND_CLIENT", 3),
+            ("SPAN_KIND_PRODUCER", 4),
+            ("SPAN_KIND_CONSUMER", 5),
+            ("STATUS_CODE_UNSET", 0),
+            ("STATUS_CODE_OK", 1),
+            ("STATUS_CODE_ERROR", 2),
+        ] {
+            assert_eq!(
+                literal(&format!("kind == {name}")),
+                (CmpOp::Eq, Lit::Int(value)),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn string_escapes_follow_go() {
         let Cond::Compare(_, _, Expr::Lit(Lit::Str(s))) =
