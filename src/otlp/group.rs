@@ -406,7 +406,10 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let mut ids: Vec<[u8; 16]> = (0..40).map(|_| u128::from(next()).to_be_bytes()).collect();
+        // Both halves random: the bucket below reads byte 3, in the high half.
+        let mut ids: Vec<[u8; 16]> = (0..40)
+            .map(|_| (u128::from(next()) << 64 | u128::from(next())).to_be_bytes())
+            .collect();
         let mut near = ids[0];
         near[15] ^= 1;
         ids.push(near);
@@ -427,6 +430,8 @@ mod tests {
             })
             .collect();
         let bucket = |id: &TraceId| id[3] % 16;
+        let buckets: std::collections::BTreeSet<u8> = ids.iter().map(&bucket).collect();
+        assert!(buckets.len() >= 8, "the IDs cover only buckets {buckets:?}");
         let mut expected: BTreeMap<(u8, TraceId, usize), Vec<usize>> = BTreeMap::new();
         for s in &spans {
             let key = (bucket(&s.info.trace_id), s.info.trace_id, s.origin);
