@@ -27,6 +27,8 @@
 #                         grows its buffer to a decision_wait of traffic (faulting in every page of
 #                         it) once in its life; a warm-up of a few seconds of load measures the
 #                         steady state a long-running gateway is in instead
+#   NUM_TRACES=200000     cpu mode's num_traces. One-span traces at saturation (~650k traces/s)
+#                         outnumber it, so every trace is decided early, at ingest
 #   BUFFER_COMPRESSION=none  none or zstd (buffer_compression)
 #   RATE=                 spans/s (lateness: 200000; overload: 13000000)
 #   DURATION=20s          lateness mode
@@ -242,7 +244,7 @@ calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 # --- modes ----------------------------------------------------------------------------------
 
 cpu_mode() {
-  write_config 1s 200000
+  write_config 1s "${NUM_TRACES:-200000}"
   start_gateway
   local ticks_before ticks_after hz result sent rate hwm cpu_s per_million
   hz=$(getconf CLK_TCK)

@@ -17,12 +17,16 @@ use tailgate::telemetry;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How long mimalloc keeps freed memory before returning it to the OS. The buffer frees a
-/// `decision_wait` worth of spans every `decision_wait` and allocates as much again; with
-/// mimalloc's default (1 s) the pages went back to the OS and were faulted and zeroed again:
-/// page zeroing was 13-21 % of the sampler's CPU profile at a steady 200k spans/s. Ten seconds
-/// covers the churn of any usual `decision_wait` (faults drop from ~3 to ~0.1 per thousand spans)
-/// and still hands memory back after a burst. `MIMALLOC_PURGE_DELAY` overrides it.
-const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 10_000;
+/// `decision_wait` worth of spans every `decision_wait` and allocates as much again. mimalloc
+/// does not purge each page a delay after it was freed: the first free after a purge starts the
+/// clock, and when it runs out every page free at that moment goes back to the OS, however
+/// recently it was freed; then the buffer faults and zeroes them in again. With the default
+/// (1 s) that was 13-21 % of the sampler's CPU profile at a steady 200k spans/s; with 10 s one
+/// purge of a warm 1.3 GB buffer (2,000-byte spans at 530k spans/s) cost 240k faults and 0.3
+/// CPU-s, every 10 s. A minute makes that a sixth, and still hands memory back after a burst;
+/// the memory limiter does not wait for it (it releases free memory itself before it refuses:
+/// [`release_free_memory`]). `MIMALLOC_PURGE_DELAY` overrides it.
+const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 60_000;
 
 /// mimalloc's option numbers (`mi_option_t` in mimalloc 3's `mimalloc.h`; libmimalloc-sys does
 /// not name these two). They differ between mimalloc 2 and 3 (`allow_thp` is 37 in 2), so the
@@ -74,6 +78,14 @@ fn tune_allocator() -> Vec<String> {
         }
     }
     warnings
+}
+
+/// Returns mimalloc's free memory to the OS now rather than at the end of its purge delay (the
+/// memory limiter's stand-in for the Collector's forced garbage collection).
+fn release_free_memory() {
+    // SAFETY: mi_collect only walks the allocator's own structures. `force` purges every arena's
+    // free pages, whichever thread freed them.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// The heap as `otelcol_process_runtime_heap_alloc_bytes` reports it: the bytes mimalloc has
@@ -220,6 +232,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
 
 fn main() -> ExitCode {
     let allocator_warnings = tune_allocator();
+    telemetry::process::set_memory_release(release_free_memory);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse_args(&args) {
         Ok(c) => c,

@@ -8,10 +8,17 @@
 //! interval trips the limit before the next read rather than after it (what the buffer holds is
 //! about the size of what it accepted: ARCHITECTURE.md, "Spans stay encoded").
 //!
+//! Where the Collector forces a garbage collection above a limit, tailgate has the allocator
+//! hand its free memory back to the OS: the allocator keeps freed pages for a while (the daemon
+//! sets a 60 s purge delay, `main.rs`), so a reading just after the buffer drained still counts
+//! them. The same knobs pace it: above the soft limit at most once per
+//! `min_gc_interval_when_soft_limited` (default 10 s), above the hard limit at most once per
+//! `min_gc_interval_when_hard_limited` (default 0: every reading), and the decision to refuse is
+//! taken on the reading after it.
+//!
 //! In the Collector the processor's position in `processors` matters little (it is usually
 //! first); tailgate accepts it anywhere in the list and always applies it at the door, before
-//! anything else sees the request. Go's garbage-collection knobs have no meaning here: there is
-//! no collector to run, memory is freed when traces are decided.
+//! anything else sees the request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,8 +27,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
+use tokio::time::Instant;
+
 use crate::otlp::{BoxFuture, Incoming, Refusal, TraceConsumer};
-use crate::telemetry::{catalog, process, LogEvery};
+use crate::telemetry::process::{self, MemoryRelease};
+use crate::telemetry::{catalog, LogEvery};
 use crate::yaml::{duration, ConfigError};
 
 /// `processors.memory_limiter`.
@@ -36,12 +46,17 @@ pub struct MemoryLimiterConfig {
     /// Of the memory available (the cgroup's limit, else the machine's).
     pub limit_percentage: u64,
     pub spike_limit_percentage: u64,
-    /// Go garbage-collection pacing: accepted, no effect (there is no garbage collector).
+    /// The least time between two returns of free memory to the OS while above the soft limit
+    /// (the Collector's forced garbage collections). Default 10 s.
     #[serde(with = "duration::go_opt")]
     pub min_gc_interval_when_soft_limited: Option<Duration>,
+    /// The same above the hard limit. Default 0: at every reading.
     #[serde(with = "duration::go_opt")]
     pub min_gc_interval_when_hard_limited: Option<Duration>,
 }
+
+/// The Collector's default `min_gc_interval_when_soft_limited`.
+const DEFAULT_MIN_RELEASE_INTERVAL_SOFT: Duration = Duration::from_secs(10);
 
 /// `memory_limiter`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +64,10 @@ pub struct MemoryLimiterSettings {
     pub check_interval: Duration,
     pub limit_bytes: u64,
     pub spike_bytes: u64,
+    /// Least time between two returns of free memory to the OS above the soft limit, and above
+    /// the hard limit.
+    pub min_release_interval_soft: Duration,
+    pub min_release_interval_hard: Duration,
 }
 
 impl MemoryLimiterSettings {
@@ -137,6 +156,10 @@ impl MemoryLimiterConfig {
             check_interval: self.check_interval,
             limit_bytes: limit,
             spike_bytes: spike,
+            min_release_interval_soft: self
+                .min_gc_interval_when_soft_limited
+                .unwrap_or(DEFAULT_MIN_RELEASE_INTERVAL_SOFT),
+            min_release_interval_hard: self.min_gc_interval_when_hard_limited.unwrap_or_default(),
         })
     }
 }
@@ -147,12 +170,14 @@ pub type MemoryReader = fn() -> Option<u64>;
 /// The running limiter: a reading every `check_interval`, and the consumer it guards.
 pub struct MemoryLimiter {
     soft: u64,
+    hard: u64,
     /// The last reading.
     measured: AtomicU64,
     /// Body bytes accepted since the last reading.
     since: AtomicU64,
     refusing: AtomicBool,
     refused: metrics::Counter,
+    released: metrics::Counter,
     log: LogEvery,
     inner: Arc<dyn TraceConsumer>,
 }
@@ -164,57 +189,99 @@ impl MemoryLimiter {
         inner: Arc<dyn TraceConsumer>,
         stop: CancellationToken,
     ) -> Arc<Self> {
-        Self::start_with(settings, inner, stop, process::rss_bytes)
+        Self::start_with(
+            settings,
+            inner,
+            stop,
+            process::rss_bytes,
+            process::memory_release(),
+        )
     }
 
-    /// [`Self::start`] with another memory reader (tests).
+    /// [`Self::start`] with another memory reader and release (tests).
     pub fn start_with(
         settings: &MemoryLimiterSettings,
         inner: Arc<dyn TraceConsumer>,
         stop: CancellationToken,
         read: MemoryReader,
+        release: Option<MemoryRelease>,
     ) -> Arc<Self> {
         let limiter = Arc::new(Self {
             soft: settings.soft_limit(),
+            hard: settings.limit_bytes,
             measured: AtomicU64::new(read().unwrap_or(0)),
             since: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             refused: catalog::MEMORY_LIMITER_REFUSED_REQUESTS.counter(&[]),
+            released: catalog::MEMORY_LIMITER_RELEASES.counter(&[]),
             log: LogEvery::new(Duration::from_secs(10)),
             inner,
         });
         catalog::MEMORY_LIMITER_SOFT_LIMIT
             .gauge(&[])
             .set(settings.soft_limit() as f64);
-        limiter.measure(read);
-        let interval = settings.check_interval;
+        if let Some(bytes) = read() {
+            limiter.record(bytes);
+        }
+        let settings = settings.clone();
         let this = Arc::clone(&limiter);
         tokio::spawn(async move {
+            let mut last_release = None;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(interval) => this.measure(read),
+                    _ = tokio::time::sleep(settings.check_interval) => {
+                        this.check(&settings, read, release, &mut last_release).await
+                    }
                 }
             }
         });
         limiter
     }
 
-    fn measure(&self, read: MemoryReader) {
-        if let Some(bytes) = read() {
-            self.measured.store(bytes, Ordering::Relaxed);
-            self.since.store(0, Ordering::Relaxed);
-            let over = bytes >= self.soft;
-            let was = self.refusing.swap(over, Ordering::Relaxed);
-            if over && !was {
-                tracing::warn!(
-                    "memory_limiter: {} MiB in use, above the soft limit of {} MiB: refusing new data with a retryable status until it falls",
-                    bytes / MIB,
-                    self.soft / MIB
-                );
-            } else if was && !over {
-                tracing::info!("memory_limiter: back under the soft limit; accepting data again");
+    /// One reading; above the soft limit, free memory is handed back to the OS first if the
+    /// last time was long enough ago, and the reading after it is the one that counts.
+    async fn check(
+        &self,
+        settings: &MemoryLimiterSettings,
+        read: MemoryReader,
+        release: Option<MemoryRelease>,
+        last_release: &mut Option<Instant>,
+    ) {
+        let Some(mut bytes) = read() else { return };
+        if let Some(release) = release.filter(|_| bytes >= self.soft) {
+            let gap = if bytes >= self.hard {
+                settings.min_release_interval_hard
+            } else {
+                settings.min_release_interval_soft
+            };
+            if last_release.is_none_or(|at: Instant| at.elapsed() >= gap) {
+                // Returning a few hundred MB takes milliseconds of madvise calls: not on a
+                // worker thread.
+                if tokio::task::spawn_blocking(release).await.is_ok() {
+                    self.released.increment(1);
+                }
+                *last_release = Some(Instant::now());
+                bytes = read().unwrap_or(bytes);
             }
+        }
+        self.record(bytes);
+    }
+
+    /// Takes a reading as the current memory in use: refusing or not from now on.
+    fn record(&self, bytes: u64) {
+        self.measured.store(bytes, Ordering::Relaxed);
+        self.since.store(0, Ordering::Relaxed);
+        let over = bytes >= self.soft;
+        let was = self.refusing.swap(over, Ordering::Relaxed);
+        if over && !was {
+            tracing::warn!(
+                "memory_limiter: {} MiB in use, above the soft limit of {} MiB: refusing new data with a retryable status until it falls",
+                bytes / MIB,
+                self.soft / MIB
+            );
+        } else if was && !over {
+            tracing::info!("memory_limiter: back under the soft limit; accepting data again");
         }
     }
 
@@ -317,20 +384,27 @@ mod tests {
             .await
     }
 
+    /// A 100 MiB limit, soft at 80, read every second, the Collector's release pacing.
+    fn limits_100_mib_soft_80() -> MemoryLimiterSettings {
+        MemoryLimiterSettings {
+            check_interval: Duration::from_secs(1),
+            limit_bytes: 100 * MIB,
+            spike_bytes: 20 * MIB,
+            min_release_interval_soft: Duration::from_secs(10),
+            min_release_interval_hard: Duration::ZERO,
+        }
+    }
+
     /// On the paused clock: under the soft limit data goes through; a reading above it refuses
     /// new data until a reading below it; a burst within one interval trips it before the next
     /// reading.
     #[tokio::test(start_paused = true)]
     async fn above_the_soft_limit_new_data_is_refused_until_memory_falls() {
-        let s = MemoryLimiterSettings {
-            check_interval: Duration::from_secs(1),
-            limit_bytes: 100 * MIB,
-            spike_bytes: 20 * MIB,
-        };
+        let s = limits_100_mib_soft_80();
         MEMORY.store(50 * MIB, Ordering::Relaxed);
         let inner = Arc::new(Counting(AtomicUsize::new(0)));
         let stop = CancellationToken::new();
-        let limiter = MemoryLimiter::start_with(&s, inner.clone(), stop.clone(), fake_memory);
+        let limiter = MemoryLimiter::start_with(&s, inner.clone(), stop.clone(), fake_memory, None);
         assert_eq!(send(&limiter, b"x").await, Ok(()));
 
         MEMORY.store(85 * MIB, Ordering::Relaxed);
@@ -349,5 +423,83 @@ mod tests {
         );
         assert_eq!(inner.0.load(Ordering::Relaxed), 3);
         stop.cancel();
+    }
+
+    /// The process's memory for the release test, and what a release would free of it.
+    static HELD: AtomicU64 = AtomicU64::new(0);
+    static FREEABLE: AtomicU64 = AtomicU64::new(0);
+    static RELEASES: AtomicUsize = AtomicUsize::new(0);
+
+    fn held_memory() -> Option<u64> {
+        Some(HELD.load(Ordering::Relaxed))
+    }
+
+    fn release_freeable() {
+        RELEASES.fetch_add(1, Ordering::Relaxed);
+        HELD.fetch_sub(FREEABLE.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// On the paused clock: above the soft limit free memory is returned to the OS before the
+    /// limiter decides, and the reading after it decides; above the soft limit at most once per
+    /// `min_gc_interval_when_soft_limited`, above the hard limit at every reading.
+    #[tokio::test(start_paused = true)]
+    async fn above_the_soft_limit_free_memory_is_released_before_refusing() {
+        let s = limits_100_mib_soft_80();
+        HELD.store(50 * MIB, Ordering::Relaxed);
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let stop = CancellationToken::new();
+        let limiter = MemoryLimiter::start_with(
+            &s,
+            inner.clone(),
+            stop.clone(),
+            held_memory,
+            Some(release_freeable),
+        );
+        let releases = || RELEASES.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(releases(), 0, "under the soft limit nothing is released");
+
+        // t = 1.5 s: 90 MiB, 30 of it free. The reading at 2 s releases it and reads 60.
+        HELD.store(90 * MIB, Ordering::Relaxed);
+        FREEABLE.store(30 * MIB, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(releases(), 1);
+        assert_eq!(send(&limiter, b"x").await, Ok(()));
+
+        // 90 MiB again, 30 free: within 10 s of the last release it is not released.
+        HELD.store(90 * MIB, Ordering::Relaxed);
+        FREEABLE.store(30 * MIB, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(9)).await; // t = 11.5 s
+        assert_eq!(releases(), 1);
+        assert_eq!(send(&limiter, b"x").await, Err(Refusal::MemoryLimit));
+        // The reading at 12 s is 10 s after the release at 2 s.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(releases(), 2);
+        assert_eq!(send(&limiter, b"x").await, Ok(()));
+
+        // Above the hard limit with nothing to free: released at every reading, refused.
+        HELD.store(120 * MIB, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await; // readings at 13, 14, 15 s
+        assert_eq!(releases(), 5);
+        assert_eq!(send(&limiter, b"x").await, Err(Refusal::MemoryLimit));
+        FREEABLE.store(50 * MIB, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(releases(), 6);
+        assert_eq!(send(&limiter, b"x").await, Ok(()));
+        assert_eq!(inner.0.load(Ordering::Relaxed), 3);
+        stop.cancel();
+    }
+
+    #[test]
+    fn release_pacing_defaults_to_the_collectors_and_reads_its_keys() {
+        let s = settings("{check_interval: 1s, limit_mib: 500}").unwrap();
+        assert_eq!(s.min_release_interval_soft, Duration::from_secs(10));
+        assert_eq!(s.min_release_interval_hard, Duration::ZERO);
+        let s = settings(
+            "{check_interval: 1s, limit_mib: 500, min_gc_interval_when_soft_limited: 3s, min_gc_interval_when_hard_limited: 500ms}",
+        )
+        .unwrap();
+        assert_eq!(s.min_release_interval_soft, Duration::from_secs(3));
+        assert_eq!(s.min_release_interval_hard, Duration::from_millis(500));
     }
 }

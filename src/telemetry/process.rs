@@ -11,6 +11,24 @@ use super::catalog::{self, Metric};
 /// Reads the heap size in bytes, if the allocator can tell.
 pub type HeapReader = fn() -> Option<u64>;
 
+/// Hands the allocator's free memory back to the OS now, instead of after its purge delay.
+pub type MemoryRelease = fn();
+
+/// The daemon's [`MemoryRelease`], set once at start-up (the allocator is the binary's choice;
+/// the library, its tests included, runs on whatever allocator it is given and has none).
+static MEMORY_RELEASE: std::sync::OnceLock<MemoryRelease> = std::sync::OnceLock::new();
+
+/// Says how to return free memory to the OS (the daemon, once, before anything runs).
+pub fn set_memory_release(release: MemoryRelease) {
+    // A second call keeps the first: there is one allocator per process.
+    let _ = MEMORY_RELEASE.set(release);
+}
+
+/// The [`MemoryRelease`] the daemon set, if any.
+pub fn memory_release() -> Option<MemoryRelease> {
+    MEMORY_RELEASE.get().copied()
+}
+
 #[derive(Debug, Clone)]
 pub struct ProcessStats {
     started: Instant,

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::telemetry::catalog;
+use crate::telemetry::catalog::{self, BatchedHistogram};
 
 /// Additions to the live totals not yet published.
 #[derive(Debug, Default, Clone, Copy)]
@@ -72,12 +72,12 @@ pub(super) struct BufferMetrics {
     pub traces_dropped: metrics::Counter,
     pub dropped_too_early: metrics::Counter,
     pub late_span_age: metrics::Histogram,
-    pub removal_age: metrics::Histogram,
+    pub removal_age: BatchedHistogram,
     pub timer_latency: metrics::Histogram,
     pub early_release_sampled: metrics::Counter,
     pub early_release_not_sampled: metrics::Counter,
     pub spans_not_sampled: metrics::Counter,
-    pub decision_lateness: metrics::Histogram,
+    pub decision_lateness: BatchedHistogram,
     pub traces_on_memory: metrics::Gauge,
     pub buffered_spans: metrics::Gauge,
     pub buffered_bytes: metrics::Gauge,
@@ -101,12 +101,12 @@ impl BufferMetrics {
             traces_dropped: TRACES_DECIDED.counter(&["false", "dropped"]),
             dropped_too_early: TRACES_DROPPED_TOO_EARLY.counter(&[]),
             late_span_age: LATE_SPAN_AGE.histogram(&[]),
-            removal_age: TRACE_REMOVAL_AGE.histogram(&[]),
+            removal_age: TRACE_REMOVAL_AGE.batched_histogram(&[]),
             timer_latency: DECISION_TIMER_LATENCY.histogram(&[]),
             early_release_sampled: EARLY_RELEASES_FROM_CACHE.counter(&["true"]),
             early_release_not_sampled: EARLY_RELEASES_FROM_CACHE.counter(&["false"]),
             spans_not_sampled: SPANS_NOT_SAMPLED.counter(&[]),
-            decision_lateness: DECISION_LATENESS.histogram(&[]),
+            decision_lateness: DECISION_LATENESS.batched_histogram(&[]),
             traces_on_memory: TRACES_ON_MEMORY.gauge(&[]),
             buffered_spans: BUFFERED_SPANS.gauge(&[]),
             buffered_bytes: BUFFERED_BYTES.gauge(&[]),

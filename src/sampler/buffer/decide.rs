@@ -30,6 +30,7 @@ use crate::otlp::annotate::{
 };
 use crate::otlp::{Chunk, Origin, SpanBatch, TraceId};
 use crate::policy::{FinalDecision, PolicySet, PolicyTally, SpanRecord, TraceView, Verdict};
+use crate::telemetry::catalog::HistogramBatch;
 
 /// Traces decided per lock acquisition, so a burst of deadlines does not starve receivers.
 const DECIDE_BATCH: usize = 512;
@@ -63,16 +64,18 @@ pub(super) fn mark_dry_run(chunk: Chunk, sampled: bool) -> Chunk {
 impl TraceBuffer {
     /// Takes a due trace out of its shard's map for deciding (the caller holds the lock and has
     /// removed `entry` from the map): it leaves the live totals, and spans that arrive for it
-    /// until [`TraceBuffer::settle`] records its decision wait beside a marker.
+    /// until [`TraceBuffer::settle`] records its decision wait beside a marker. Its age goes in
+    /// `removal_ages`, the round's batch of `sampling_trace_removal_age`.
     pub(super) fn take_for_decision(
         &self,
         state: &mut ShardState,
         id: TraceId,
         entry: TraceEntry,
         now: Instant,
+        removal_ages: &mut HistogramBatch<'_>,
     ) -> Due {
         self.counts.remove_trace(entry.spans, entry.memory);
-        self.metrics.removal_age.record(
+        removal_ages.record(
             now.saturating_duration_since(entry.first_seen)
                 .as_secs_f64(),
         );
@@ -276,6 +279,9 @@ impl TraceBuffer {
         loop {
             let started = std::time::Instant::now();
             let now = Instant::now();
+            // Declared before the lock, so they are added to their series after it is released.
+            let mut lateness = self.metrics.decision_lateness.batch();
+            let mut removal_ages = self.metrics.removal_age.batch();
             let (due, next) = {
                 let mut state = self.lock(shard);
                 let mut due = Vec::new();
@@ -283,13 +289,12 @@ impl TraceBuffer {
                     let Some((id, entry)) = state.pop_due(now) else {
                         break;
                     };
-                    self.metrics
-                        .decision_lateness
-                        .record((now - entry.deadline).as_secs_f64());
-                    due.push(self.take_for_decision(&mut state, id, entry, now));
+                    lateness.record((now - entry.deadline).as_secs_f64());
+                    due.push(self.take_for_decision(&mut state, id, entry, now, &mut removal_ages));
                 }
                 (due, state.front_deadline())
             };
+            drop((lateness, removal_ages));
             let decided = due.len();
             let kept = self.settle(shard, due);
             if decided > 0 {
@@ -322,6 +327,7 @@ impl TraceBuffer {
         let mut dropped_spans = 0usize;
         let drop_pending = self.settings().drop_pending_on_shutdown;
         for shard in 0..SHARDS {
+            let mut removal_ages = self.metrics.removal_age.batch();
             let due = {
                 let mut state = self.lock(shard);
                 let mut due = Vec::new();
@@ -333,7 +339,13 @@ impl TraceBuffer {
                         dropped_traces += 1;
                         dropped_spans += entry.spans as usize;
                     } else {
-                        due.push(self.take_for_decision(&mut state, id, entry, now));
+                        due.push(self.take_for_decision(
+                            &mut state,
+                            id,
+                            entry,
+                            now,
+                            &mut removal_ages,
+                        ));
                     }
                 }
                 due

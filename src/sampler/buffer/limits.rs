@@ -126,6 +126,8 @@ impl TraceBuffer {
         }
         let now = Instant::now();
         let mut due: Vec<Vec<Due>> = (0..SHARDS).map(|_| Vec::new()).collect();
+        // Added to its series when dropped, after the locks.
+        let mut removal_ages = self.metrics.removal_age.batch();
         {
             let mut states: Vec<_> = (0..SHARDS).map(|shard| self.lock(shard)).collect();
             // Each shard's earliest queued deadline: a lower bound of its oldest live trace
@@ -145,7 +147,13 @@ impl TraceBuffer {
                 let by = fronts.peek().map(|Reverse((deadline, _))| *deadline);
                 let state = &mut *states[shard];
                 if let Some((id, entry)) = state.pop_due_by(by) {
-                    due[shard].push(self.take_for_decision(state, id, entry, now));
+                    due[shard].push(self.take_for_decision(
+                        state,
+                        id,
+                        entry,
+                        now,
+                        &mut removal_ages,
+                    ));
                     if for_traces {
                         outcome.decided_early += 1;
                     } else {

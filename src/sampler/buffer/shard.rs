@@ -74,31 +74,63 @@ pub(super) struct TraceEntry {
 
 /// Slots below which [`TraceTable`] never compacts (a small table's empty slots cost nothing).
 const COMPACT_MIN_SLOTS: usize = 1024;
+/// Stale index entries below which [`TraceTable`] never sweeps its index.
+const SWEEP_MIN_STALE: usize = 1024;
 
 /// A shard's buffered traces: an index from trace ID to sequence number, and the entries in
 /// arrival order. A trace removed out of order (decided early, handed off, given an earlier
 /// deadline) leaves an empty slot until the front reaches it, or until empty slots are a third
 /// of the table and it is compacted.
+///
+/// The trace taken at decision is nearly always the oldest, at the front of the ring. It is
+/// taken from there without probing the index, whose entry for it stays behind, stale: a
+/// sequence number below `first`, which no live trace has (`first` only grows, and compaction
+/// renumbers live traces from `first` up). Probing would be a cache miss per trace (the index
+/// is as large as a `decision_wait` of traces, and the entry was last touched that long ago);
+/// the stale entries are swept out in one sequential pass once they are half as many as the
+/// live ones.
 #[derive(Default)]
 pub(super) struct TraceTable {
+    /// Live traces' sequence numbers, and stale entries (below `first`) of traces taken from the
+    /// front.
     index: HashMap<TraceId, u64, IdBuildHasher>,
     /// Slot `i` holds sequence number `first + i`.
     slots: VecDeque<Option<(TraceId, TraceEntry)>>,
     first: u64,
+    /// Traces buffered (the index's entries less the stale ones).
+    live: usize,
 }
 
 /// A trace ID not in the table, with the index slot to insert it at.
 pub(super) struct VacantTrace<'a> {
-    index: std::collections::hash_map::VacantEntry<'a, TraceId, u64>,
+    index: IndexSlot<'a>,
     slots: &'a mut VecDeque<Option<(TraceId, TraceEntry)>>,
     first: u64,
+    live: &'a mut usize,
+}
+
+/// Where a new trace's sequence number goes: a new index entry, or a stale one of the same ID.
+enum IndexSlot<'a> {
+    New(std::collections::hash_map::VacantEntry<'a, TraceId, u64>),
+    Stale(std::collections::hash_map::OccupiedEntry<'a, TraceId, u64>),
 }
 
 impl<'a> VacantTrace<'a> {
     /// Adds the trace at the back of the arrival order.
     pub(super) fn insert(self, entry: TraceEntry) -> &'a mut TraceEntry {
-        let id = *self.index.key();
-        self.index.insert(self.first + self.slots.len() as u64);
+        let seq = self.first + self.slots.len() as u64;
+        let id = match self.index {
+            IndexSlot::New(vacant) => {
+                let id = *vacant.key();
+                vacant.insert(seq);
+                id
+            }
+            IndexSlot::Stale(mut stale) => {
+                stale.insert(seq);
+                *stale.key()
+            }
+        };
+        *self.live += 1;
         self.slots.push_back(Some((id, entry)));
         &mut self
             .slots
@@ -116,32 +148,50 @@ pub(super) enum TraceSlot<'a> {
 }
 
 impl TraceTable {
-    fn position(&self, seq: u64) -> usize {
-        (seq - self.first) as usize
+    /// The slot of a live trace's sequence number; `None` for a stale one.
+    fn position(&self, seq: u64) -> Option<usize> {
+        let position = seq.checked_sub(self.first)? as usize;
+        debug_assert!(
+            position < self.slots.len(),
+            "a live sequence number is in the ring"
+        );
+        Some(position)
+    }
+
+    /// The slot of a buffered trace.
+    fn find(&self, id: &TraceId) -> Option<usize> {
+        self.position(*self.index.get(id)?)
     }
 
     pub(super) fn contains_key(&self, id: &TraceId) -> bool {
-        self.index.contains_key(id)
+        self.find(id).is_some()
     }
 
     pub(super) fn get(&self, id: &TraceId) -> Option<&TraceEntry> {
-        let seq = *self.index.get(id)?;
-        self.slots[self.position(seq)].as_ref().map(|(_, e)| e)
+        let position = self.find(id)?;
+        self.slots[position].as_ref().map(|(_, e)| e)
     }
 
     pub(super) fn entry(&mut self, id: TraceId) -> TraceSlot<'_> {
-        match self.index.entry(id) {
-            Entry::Occupied(found) => {
-                let position = (*found.get() - self.first) as usize;
-                let (_, entry) = self.slots[position].as_mut().expect("indexed slot is full");
-                TraceSlot::Buffered(entry)
-            }
-            Entry::Vacant(index) => TraceSlot::Vacant(VacantTrace {
-                index,
-                slots: &mut self.slots,
-                first: self.first,
-            }),
-        }
+        let first = self.first;
+        let index = match self.index.entry(id) {
+            Entry::Occupied(found) => match found.get().checked_sub(first) {
+                Some(position) => {
+                    let (_, entry) = self.slots[position as usize]
+                        .as_mut()
+                        .expect("indexed slot is full");
+                    return TraceSlot::Buffered(entry);
+                }
+                None => IndexSlot::Stale(found),
+            },
+            Entry::Vacant(vacant) => IndexSlot::New(vacant),
+        };
+        TraceSlot::Vacant(VacantTrace {
+            index,
+            slots: &mut self.slots,
+            first,
+            live: &mut self.live,
+        })
     }
 
     /// Removes a trace, if buffered and `keep` does not hold for its entry.
@@ -150,24 +200,28 @@ impl TraceTable {
         id: &TraceId,
         keep: impl FnOnce(&TraceEntry) -> bool,
     ) -> Option<TraceEntry> {
-        let Entry::Occupied(found) = self.index.entry(*id) else {
-            return None;
-        };
-        let position = (*found.get() - self.first) as usize;
+        let at_front = matches!(self.slots.front(), Some(Some((front, _))) if front == id);
+        let position = if at_front { 0 } else { self.find(id)? };
         let (_, entry) = self.slots[position].as_ref().expect("indexed slot is full");
         if keep(entry) {
             return None;
         }
-        found.remove();
+        if !at_front {
+            // Out of order: the entry is at hand (just probed), so it goes now.
+            self.index.remove(id);
+        }
         let (_, entry) = self.slots[position].take().expect("indexed slot is full");
+        self.live -= 1;
         while let Some(None) = self.slots.front() {
             self.slots.pop_front();
             self.first += 1;
         }
-        if self.slots.len() > COMPACT_MIN_SLOTS
-            && self.slots.len() > self.index.len() + self.index.len() / 2
-        {
+        if self.slots.len() > COMPACT_MIN_SLOTS && self.slots.len() > self.live + self.live / 2 {
             self.compact();
+        }
+        if self.index.len() - self.live > SWEEP_MIN_STALE + self.live / 2 {
+            let first = self.first;
+            self.index.retain(|_, seq| *seq >= first);
         }
         Some(entry)
     }
@@ -176,7 +230,8 @@ impl TraceTable {
     /// trace that stays (its root span never came, while `decision_wait_after_root_received`
     /// decides the others within a second) would hold a whole `decision_wait` of arrivals'
     /// empty slots behind it, memory `max_buffered_bytes` does not count. Run when a third of
-    /// the slots are empty, so its cost is a constant per removal.
+    /// the slots are empty, so its cost is a constant per removal. The new numbers start at
+    /// `first`, so stale index entries stay below it.
     fn compact(&mut self) {
         let live = std::mem::take(&mut self.slots).into_iter().flatten();
         for (i, (id, entry)) in live.enumerate() {
@@ -448,7 +503,7 @@ mod tests {
             }
         }
         let live = 11;
-        assert_eq!(table.index.len(), live);
+        assert_eq!((table.index.len(), table.live), (live, live));
         assert!(
             table.slots.len() <= COMPACT_MIN_SLOTS + 1,
             "{} slots held for {live} traces",
@@ -468,5 +523,65 @@ mod tests {
         }
         assert_eq!(table.remove(&id(0)).map(|e| e.spans), Some(0));
         assert_eq!(table.get(&id(1000)).map(|e| e.spans), Some(1000));
+    }
+
+    #[test]
+    fn traces_taken_from_the_front_leave_stale_index_entries_that_are_swept() {
+        let id = |n: u32| {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&n.to_le_bytes());
+            id
+        };
+        let add_n = |table: &mut TraceTable, n: u32| match table.entry(id(n)) {
+            TraceSlot::Vacant(vacant) => drop(vacant.insert(entry(n))),
+            TraceSlot::Buffered(_) => panic!("trace {n} was buffered already"),
+        };
+        let mut table = TraceTable::default();
+        for n in 0..3 {
+            add_n(&mut table, n);
+        }
+        // Taken at the front: its index entry stays, stale, and is not taken for a live one.
+        assert_eq!(table.remove(&id(0)).map(|e| e.spans), Some(0));
+        assert_eq!((table.index.len(), table.live), (3, 2));
+        assert!(!table.contains_key(&id(0)));
+        assert!(table.get(&id(0)).is_none());
+        assert!(table.remove(&id(0)).is_none());
+        // The same ID again reuses the stale entry, at the back.
+        add_n(&mut table, 0);
+        assert_eq!((table.index.len(), table.live), (3, 3));
+        let ids: Vec<u8> = table.ids().map(|i| i[0]).collect();
+        assert_eq!(ids, [1, 2, 0]);
+        assert!(matches!(table.entry(id(0)), TraceSlot::Buffered(e) if e.spans == 0));
+
+        // Thousands taken from the front behind one that stays: compaction renumbers the live
+        // ones from `first`, the sweep drops the stale entries, and every live trace is found.
+        let mut table = TraceTable::default();
+        for n in 0..20_000 {
+            add_n(&mut table, n);
+            if n >= 10 {
+                // Oldest first, as decisions take them; trace 5 stays in the middle for a
+                // while, so both paths (the front and the index) are taken.
+                let oldest = n - 10;
+                if oldest != 5 {
+                    assert_eq!(table.remove(&id(oldest)).map(|e| e.spans), Some(oldest));
+                }
+            }
+            if n == 15_000 {
+                assert_eq!(table.remove(&id(5)).map(|e| e.spans), Some(5));
+            }
+            assert!(
+                table.index.len() - table.live <= SWEEP_MIN_STALE + table.live / 2,
+                "{} index entries for {} traces",
+                table.index.len(),
+                table.live
+            );
+        }
+        assert_eq!(table.live, 10);
+        for n in 0..20_000 {
+            assert_eq!(table.contains_key(&id(n)), n >= 19_990, "trace {n}");
+        }
+        for n in 19_990..20_000 {
+            assert_eq!(table.get(&id(n)).map(|e| e.spans), Some(n));
+        }
     }
 }
