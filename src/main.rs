@@ -22,10 +22,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// clock, and when it runs out every page free at that moment goes back to the OS, however
 /// recently it was freed; then the buffer faults and zeroes them in again. With the default
 /// (1 s) that was 13-21 % of the sampler's CPU profile at a steady 200k spans/s; with 10 s one
-/// purge of a warm 1.3 GB buffer (2,000-byte spans at 530k spans/s) cost 240k faults and 0.3
-/// CPU-s, every 10 s. A minute makes that a sixth, and still hands memory back after a burst;
-/// the memory limiter does not wait for it (it releases free memory itself before it refuses:
-/// [`release_free_memory`]). `MIMALLOC_PURGE_DELAY` overrides it.
+/// purge of a warm 1.3 GB buffer (2,000-byte spans at 530k spans/s) cost 240k faults and
+/// 0.3-0.6 CPU-s, every 10 s. A minute makes that a sixth, and still hands memory back after a
+/// burst; the memory limiter does not wait for it (it releases free memory itself before it
+/// refuses: [`release_free_memory`]). `MIMALLOC_PURGE_DELAY` overrides it.
 const ALLOCATOR_PURGE_DELAY_MS: std::ffi::c_long = 60_000;
 
 /// mimalloc's option numbers (`mi_option_t` in mimalloc 3's `mimalloc.h`; libmimalloc-sys does
