@@ -992,3 +992,71 @@ print(json.dumps(out))
         serde_json::json!({"bytesValue": "AAH+/w=="})
     );
 }
+
+/// The HTTP/2 settings the gRPC receiver opens a connection with, read off a raw socket: the
+/// server's first frame is its SETTINGS (RFC 9113, 3.4).
+async fn server_settings(port: u16) -> Vec<(u16, u32)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The client preface, then an empty SETTINGS frame.
+    socket
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    socket.read_exact(&mut header).await.unwrap();
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    assert_eq!(
+        (header[3], header[4]),
+        (0x4, 0),
+        "a SETTINGS frame, not an ACK"
+    );
+    let mut payload = vec![0u8; len];
+    socket.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect()
+}
+
+/// The gRPC receiver lets clients send a large request in few frames and without waiting for
+/// window updates: it advertises 256 KiB frames (h2's default is 16 KiB, which made a 1 MB
+/// request 64 frames) and 4 MiB stream windows. A 1.5 MB request from a tonic client, which sends
+/// frames up to what the server advertises, arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_receiver_advertises_large_frames_and_windows_and_takes_a_large_request() {
+    const MAX_FRAME_SIZE: u16 = 0x5;
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let backend = RecordingBackend::start_grpc().await;
+    let (_gateway, ports) = start_sampler(&backend, "").await;
+    let settings = server_settings(ports.grpc).await;
+    let value = |id: u16| settings.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    assert_eq!(value(MAX_FRAME_SIZE), Some(256 * 1024), "{settings:?}");
+    assert_eq!(
+        value(INITIAL_WINDOW_SIZE),
+        Some(4 * 1024 * 1024),
+        "{settings:?}"
+    );
+
+    let spans: Vec<_> = (0..300u64)
+        .map(|n| {
+            let mut span = otlp::span(otlp::trace_id(7), otlp::span_id(n + 1), "large");
+            span.attributes
+                .push(otlp::kv("padding", &"x".repeat(5_000)));
+            span
+        })
+        .collect();
+    let request = otlp::request("large-client", spans);
+    assert!(request.encoded_len() > 1_500_000);
+    let mut client = otlp::grpc_client(&ports.grpc_endpoint()).await;
+    client.export(request).await.expect("accepted");
+    backend.wait_for_spans(300, WAIT).await.unwrap();
+    assert_eq!(backend.spans_by_trace().len(), 1);
+}

@@ -159,6 +159,12 @@ pub async fn serve_grpc(
         // for several window updates.
         .initial_stream_window_size(Some(4 * 1024 * 1024))
         .initial_connection_window_size(Some(16 * 1024 * 1024))
+        // And in few frames: h2's default of 16 KiB made a 1 MB request 64 frames, each a pass
+        // through h2's and tonic's per-frame work (about a fifth of the CPU on 2,000-byte spans,
+        // BENCHMARKS.md). A client sends frames up to this size if its HTTP/2 stack follows the
+        // peer's setting (h2, so tonic: tailgate's front tier); grpc-go sends 16 KiB frames
+        // whatever it is. The cost: a connection's read buffer holds one frame.
+        .max_frame_size(Some(256 * 1024))
         .add_service(service);
     let stop = shutdown.clone();
     let stopped = async move { stop.cancelled().await };
