@@ -96,6 +96,24 @@ async fn above_the_memory_limiters_soft_limit_new_data_is_refused_with_a_retryab
         1.0
     );
     assert!(backend.requests().is_empty());
+    // Above the hard limit the daemon has mimalloc return its free memory at every reading
+    // (`min_gc_interval_when_hard_limited` defaults to 0): the release `main.rs` registers is
+    // wired to the limiter and runs. Polled: the counter lives in the gateway's process.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let releases = gateway
+            .metric_opt("tailgate_memory_limiter_memory_releases", &[])
+            .await
+            .unwrap_or(0.0);
+        if releases >= 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{releases} memory releases after {WAIT:?} above the hard limit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -170,7 +170,6 @@ pub type MemoryReader = fn() -> Option<u64>;
 /// The running limiter: a reading every `check_interval`, and the consumer it guards.
 pub struct MemoryLimiter {
     soft: u64,
-    hard: u64,
     /// The last reading.
     measured: AtomicU64,
     /// Body bytes accepted since the last reading.
@@ -208,7 +207,6 @@ impl MemoryLimiter {
     ) -> Arc<Self> {
         let limiter = Arc::new(Self {
             soft: settings.soft_limit(),
-            hard: settings.limit_bytes,
             measured: AtomicU64::new(read().unwrap_or(0)),
             since: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
@@ -250,14 +248,14 @@ impl MemoryLimiter {
     ) {
         let Some(mut bytes) = read() else { return };
         if let Some(release) = release.filter(|_| bytes >= self.soft) {
-            let gap = if bytes >= self.hard {
+            let gap = if bytes >= settings.limit_bytes {
                 settings.min_release_interval_hard
             } else {
                 settings.min_release_interval_soft
             };
             if last_release.is_none_or(|at: Instant| at.elapsed() >= gap) {
-                // Returning a few hundred MB takes milliseconds of madvise calls: not on a
-                // worker thread.
+                // A madvise call per free run of pages, possibly hundreds of MB of them: not on
+                // a worker thread.
                 if tokio::task::spawn_blocking(release).await.is_ok() {
                     self.released.increment(1);
                 }

@@ -110,18 +110,27 @@ impl Buckets {
             sum: AtomicU64::new(0f64.to_bits()),
         }
     }
+
+    /// The first bucket whose bound is at or above `value` (the last one: above every bound).
+    fn bucket_of(&self, value: f64) -> usize {
+        self.bounds.partition_point(|&bound| bound < value)
+    }
+
+    /// Adds `count` observations summing to `sum` (their buckets are the caller's to count).
+    fn add_observations(&self, count: u64, sum: f64) {
+        let _ = self
+            .sum
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some((f64::from_bits(bits) + sum).to_bits())
+            });
+        self.count.fetch_add(count, Ordering::Relaxed);
+    }
 }
 
 impl HistogramFn for Buckets {
     fn record(&self, value: f64) {
-        let bucket = self.bounds.partition_point(|&bound| bound < value);
-        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
-        let _ = self
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + value).to_bits())
-            });
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.counts[self.bucket_of(value)].fetch_add(1, Ordering::Relaxed);
+        self.add_observations(1, value);
     }
 }
 
@@ -159,7 +168,7 @@ impl HistogramBatch<'_> {
         if self.counts.is_empty() {
             self.counts = vec![0; buckets.counts.len()];
         }
-        self.counts[buckets.bounds.partition_point(|&bound| bound < value)] += 1;
+        self.counts[buckets.bucket_of(value)] += 1;
         self.sum += value;
     }
 }
@@ -176,16 +185,9 @@ impl Drop for HistogramBatch<'_> {
                 count += n;
             }
         }
-        if count == 0 {
-            return;
+        if count > 0 {
+            buckets.add_observations(count, self.sum);
         }
-        let sum = self.sum;
-        let _ = buckets
-            .sum
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-                Some((f64::from_bits(bits) + sum).to_bits())
-            });
-        buckets.count.fetch_add(count, Ordering::Relaxed);
     }
 }
 
