@@ -393,16 +393,30 @@ mod tests {
         }
     }
 
+    /// A limiter with [`limits_100_mib_soft_80`] in front of a counting consumer, with its stop.
+    fn start_limiter(
+        read: MemoryReader,
+        release: Option<MemoryRelease>,
+    ) -> (Arc<MemoryLimiter>, Arc<Counting>, CancellationToken) {
+        let inner = Arc::new(Counting(AtomicUsize::new(0)));
+        let stop = CancellationToken::new();
+        let limiter = MemoryLimiter::start_with(
+            &limits_100_mib_soft_80(),
+            inner.clone(),
+            stop.clone(),
+            read,
+            release,
+        );
+        (limiter, inner, stop)
+    }
+
     /// On the paused clock: under the soft limit data goes through; a reading above it refuses
     /// new data until a reading below it; a burst within one interval trips it before the next
     /// reading.
     #[tokio::test(start_paused = true)]
     async fn above_the_soft_limit_new_data_is_refused_until_memory_falls() {
-        let s = limits_100_mib_soft_80();
         MEMORY.store(50 * MIB, Ordering::Relaxed);
-        let inner = Arc::new(Counting(AtomicUsize::new(0)));
-        let stop = CancellationToken::new();
-        let limiter = MemoryLimiter::start_with(&s, inner.clone(), stop.clone(), fake_memory, None);
+        let (limiter, inner, stop) = start_limiter(fake_memory, None);
         assert_eq!(send(&limiter, b"x").await, Ok(()));
 
         MEMORY.store(85 * MIB, Ordering::Relaxed);
@@ -442,17 +456,8 @@ mod tests {
     /// `min_gc_interval_when_soft_limited`, above the hard limit at every reading.
     #[tokio::test(start_paused = true)]
     async fn above_the_soft_limit_free_memory_is_released_before_refusing() {
-        let s = limits_100_mib_soft_80();
         HELD.store(50 * MIB, Ordering::Relaxed);
-        let inner = Arc::new(Counting(AtomicUsize::new(0)));
-        let stop = CancellationToken::new();
-        let limiter = MemoryLimiter::start_with(
-            &s,
-            inner.clone(),
-            stop.clone(),
-            held_memory,
-            Some(release_freeable),
-        );
+        let (limiter, inner, stop) = start_limiter(held_memory, Some(release_freeable));
         let releases = || RELEASES.load(Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(releases(), 0, "under the soft limit nothing is released");

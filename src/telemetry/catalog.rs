@@ -722,13 +722,20 @@ mod tests {
         for v in [0.05, 0.1, 0.5, 1.0, 7.0] {
             h.record(v);
         }
-        let Storage::Histogram(b) = &TEST_HISTOGRAM.series()[0].storage else {
+        let (counts, count, sum) = histogram_state(&TEST_HISTOGRAM);
+        assert_eq!(counts, [2, 2, 1]);
+        assert_eq!(count, 5);
+        assert!((sum - 8.65).abs() < 1e-9);
+    }
+
+    /// A one-series histogram's bucket counts, count and sum.
+    fn histogram_state(metric: &Metric) -> (Vec<u64>, u64, f64) {
+        let Storage::Histogram(b) = &metric.series()[0].storage else {
             unreachable!()
         };
         let counts: Vec<u64> = b.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        assert_eq!(counts, [2, 2, 1]);
-        assert_eq!(b.count.load(Ordering::Relaxed), 5);
-        assert!((f64::from_bits(b.sum.load(Ordering::Relaxed)) - 8.65).abs() < 1e-9);
+        let sum = f64::from_bits(b.sum.load(Ordering::Relaxed));
+        (counts, b.count.load(Ordering::Relaxed), sum)
     }
 
     static TEST_BATCHED: Metric = Metric {
@@ -744,14 +751,7 @@ mod tests {
     #[test]
     fn a_batch_adds_to_its_series_what_recording_each_value_would_when_dropped() {
         let h = TEST_BATCHED.batched_histogram(&[]);
-        let read = || {
-            let Storage::Histogram(b) = &TEST_BATCHED.series()[0].storage else {
-                unreachable!()
-            };
-            let counts: Vec<u64> = b.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-            let sum = f64::from_bits(b.sum.load(Ordering::Relaxed));
-            (counts, b.count.load(Ordering::Relaxed), sum)
-        };
+        let read = || histogram_state(&TEST_BATCHED);
         drop(h.batch());
         assert_eq!(
             read(),
