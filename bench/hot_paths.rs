@@ -14,7 +14,14 @@
 //!   probabilistic, kept chunks copied out for export;
 //! - `decide_trace`: building a trace view by walking the spans of exported-form chunks and
 //!   running the same policies (what a decision cost before summaries were stored);
-//! - `encode_batch`: framing kept chunks into an export request.
+//! - `encode_batch`: framing kept chunks into an export request;
+//! - `at_limits/ingest_512_one_span_traces`: a request of 512 one-span traces into a buffer in
+//!   the steady state `bench/sampler.sh cpu` puts it in: `num_traces` (200,000) buffered, both
+//!   decision caches full (200,000 each, the default for that `num_traces`), so each new trace
+//!   costs an index probe, an early decision of the oldest trace and a remembered decision.
+//!   The tables are production-sized (tens of MB), so this is where cache misses show. The
+//!   machine is noisy: compare two builds by running their bench binaries alternately, several
+//!   times, in one session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,7 +54,7 @@ fn span(seed: u64, trace: u64, index: usize) -> Span {
     use any_value::Value::*;
     let mut trace_id = [0u8; 16];
     trace_id[..8].copy_from_slice(
-        &(seed ^ trace)
+        &((seed << 20) ^ trace)
             .wrapping_mul(0x9e37_79b9_7f4a_7c15)
             .to_le_bytes(),
     );
@@ -99,8 +106,14 @@ fn span(seed: u64, trace: u64, index: usize) -> Span {
 }
 
 fn request(seed: u64) -> Vec<u8> {
+    request_shaped(seed, SPANS_PER_TRACE)
+}
+
+/// A request of [`SPANS`] spans, `spans_per_trace` to a trace; trace IDs are distinct for every
+/// `seed` and trace.
+fn request_shaped(seed: u64, spans_per_trace: usize) -> Vec<u8> {
     let spans = (0..SPANS)
-        .map(|i| span(seed, (i / SPANS_PER_TRACE) as u64, i % SPANS_PER_TRACE))
+        .map(|i| span(seed, (i / spans_per_trace) as u64, i % spans_per_trace))
         .collect();
     ExportTraceServiceRequest {
         resource_spans: vec![ResourceSpans {
@@ -280,6 +293,60 @@ fn hot_paths(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SPANS as u64));
     group.bench_function("encode_batch", |b| {
         b.iter(|| encode_chunks(&all).body.len())
+    });
+    group.finish();
+
+    at_limits(c, &runtime, &settings);
+}
+
+/// The buffer at `num_traces` with full decision caches, taking one-span traces.
+fn at_limits(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    settings: &dyn Fn(BufferCompression) -> BufferSettings,
+) {
+    const NUM_TRACES: usize = 200_000;
+    let settings = BufferSettings {
+        num_traces: NUM_TRACES,
+        sampled_cache_size: NUM_TRACES,
+        non_sampled_cache_size: NUM_TRACES,
+        ..settings(BufferCompression::None)
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
+    let buffer = runtime.block_on(async { TraceBuffer::new(settings, policies(), tx) });
+    let ingest = |seed: u64| {
+        let body = request_shaped(seed, 1);
+        runtime.block_on(async {
+            let parsed = parse_export_request(&body).unwrap();
+            buffer.ingest(parsed, &body).await.unwrap()
+        })
+    };
+    // Enough traces to fill the buffer and then both caches (10 % of traces are kept, so the
+    // kept cache fills last: 200,000 kept of 2,000,000 decided).
+    let warm_up = (NUM_TRACES + 10 * NUM_TRACES).div_ceil(SPANS) as u64 + 100;
+    let mut seed = 1_000_000u64;
+    for _ in 0..warm_up {
+        seed += 1;
+        ingest(seed);
+        while rx.try_recv().is_ok() {}
+    }
+    let mut group = c.benchmark_group("at_limits");
+    group.throughput(Throughput::Elements(SPANS as u64));
+    group.bench_function("ingest_512_one_span_traces", |b| {
+        b.iter_batched(
+            || {
+                while rx.try_recv().is_ok() {}
+                seed += 1;
+                request_shaped(seed, 1)
+            },
+            |body| {
+                runtime.block_on(async {
+                    let parsed = parse_export_request(&body).unwrap();
+                    buffer.ingest(parsed, &body).await.unwrap()
+                })
+            },
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
