@@ -314,11 +314,10 @@ fn at_limits(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
     let buffer = runtime.block_on(async { TraceBuffer::new(settings, policies(), tx) });
-    let ingest = |seed: u64| {
-        let body = request_shaped(seed, 1);
+    let ingest = |body: &[u8]| {
         runtime.block_on(async {
-            let parsed = parse_export_request(&body).unwrap();
-            buffer.ingest(parsed, &body).await.unwrap()
+            let parsed = parse_export_request(body).unwrap();
+            buffer.ingest(parsed, body).await.unwrap()
         })
     };
     // Enough traces to fill the buffer and then both caches (10 % of traces are kept, so the
@@ -327,7 +326,7 @@ fn at_limits(
     let mut seed = 1_000_000u64;
     for _ in 0..warm_up {
         seed += 1;
-        ingest(seed);
+        ingest(&request_shaped(seed, 1));
         while rx.try_recv().is_ok() {}
     }
     let mut group = c.benchmark_group("at_limits");
@@ -339,12 +338,7 @@ fn at_limits(
                 seed += 1;
                 request_shaped(seed, 1)
             },
-            |body| {
-                runtime.block_on(async {
-                    let parsed = parse_export_request(&body).unwrap();
-                    buffer.ingest(parsed, &body).await.unwrap()
-                })
-            },
+            |body| ingest(&body),
             BatchSize::SmallInput,
         )
     });

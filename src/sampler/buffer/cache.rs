@@ -27,18 +27,20 @@ pub fn fingerprint(id: &TraceId) -> u64 {
     hi ^ lo.rotate_left(29)
 }
 
+/// Two random words, from the OS's randomness (`RandomState` is seeded from it).
+fn random_seed() -> [u64; 2] {
+    let word = |salt: u64| {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.finish()
+    };
+    [word(1), word(2)]
+}
+
 /// The per-process random seed of the buffer's hash maps and sets.
 fn process_seed() -> [u64; 2] {
     static SEED: OnceLock<[u64; 2]> = OnceLock::new();
-    *SEED.get_or_init(|| {
-        // `RandomState` is seeded from the OS.
-        let word = |salt: u64| {
-            let mut h = RandomState::new().build_hasher();
-            h.write_u64(salt);
-            h.finish()
-        };
-        [word(1), word(2)]
-    })
+    *SEED.get_or_init(random_seed)
 }
 
 /// A hasher for trace IDs and fingerprints, seeded per process: trace IDs come from clients, and
@@ -83,9 +85,19 @@ pub struct IdBuildHasher {
 
 impl Default for IdBuildHasher {
     fn default() -> Self {
-        Self {
-            seed: process_seed(),
-        }
+        Self::with_seed(process_seed())
+    }
+}
+
+impl IdBuildHasher {
+    pub fn with_seed(seed: [u64; 2]) -> Self {
+        Self { seed }
+    }
+
+    /// A builder with a seed of its own, not the maps' one: for a hash whose bits must say
+    /// nothing about where a key sits in the maps.
+    pub fn with_random_seed() -> Self {
+        Self::with_seed(random_seed())
     }
 }
 
